@@ -1,0 +1,28 @@
+//! pixie — a network-boot (PXE) server whose boot decisions are hot-reloaded Rhai scripts.
+//!
+//! # Layout
+//!
+//! The dependency rule runs top to bottom; a module only uses the ones above it.
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | [`wire`] | pure parse/emit of DHCPv4 (on `dhcproto`), PXE sub-options, TFTP packets and the IANA architecture registry. No sockets, no tokio, no Rhai. Fuzzed. |
+//! | [`policy`] | the contract: [`policy::BootRequest`] in, [`policy::Decision`] out, behind the [`policy::Policy`] trait. [`policy::rhai`] is the only module that knows Rhai. |
+//! | [`net`] | UDP sockets that report and choose the interface of each datagram (`IP_PKTINFO`). |
+//! | [`clients`] | the one piece of state shared between protocol servers: which MAC was last seen at which address. |
+//! | [`dhcpv4`], [`tftp`] | protocol servers: sockets → requests → policy → replies. |
+//! | [`config`] | the on-disk TOML schema and the validated runtime [`config::Config`]. |
+//! | [`server`] | binds sockets, runs the tasks, drains on shutdown. |
+//!
+//! `main.rs` is the CLI: it only parses arguments, calls into this crate, and turns errors into
+//! messages and exit codes.
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+pub mod clients;
+pub mod config;
+pub mod dhcpv4;
+pub mod net;
+pub mod policy;
+pub mod server;
+pub mod tftp;
+pub mod wire;

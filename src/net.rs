@@ -1,0 +1,1 @@
+//! Sockets with IP_PKTINFO (placeholder: being written).

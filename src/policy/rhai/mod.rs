@@ -1,0 +1,1 @@
+//! Rhai policy (placeholder: being written).

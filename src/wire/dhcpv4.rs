@@ -1,0 +1,1 @@
+//! DHCPv4 parse/emit (placeholder: being written).

@@ -1,0 +1,1 @@
+//! TFTP packet parse/emit (placeholder: being written).
