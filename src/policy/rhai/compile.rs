@@ -249,6 +249,7 @@ pub(crate) fn compile(
                 }
             }
         }
+        hooks.sort_by_key(|h| Hook::ALL.iter().position(|a| a.name() == h));
         report_files.push((path.clone(), hooks));
         parsed.push(Parsed {
             file,
@@ -285,11 +286,16 @@ pub(crate) fn compile(
             ast.set_source(p.file.as_str());
             if let Err(e) = engine::with_deadline(|| engine.run_ast(&ast)) {
                 let l = diag::locate(&e, &p.file, &fn_files);
+                let message = if l.file == p.file {
+                    l.message
+                } else {
+                    format!("{} (while loading {})", l.message, p.path.display())
+                };
                 diags.push(Diagnostic {
                     file: l.file.into(),
                     line: l.line,
                     column: l.column,
-                    message: format!("{} (while loading {})", l.message, p.path.display()),
+                    message,
                 });
             }
         }

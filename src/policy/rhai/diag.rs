@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use super::resolver::ImportError;
 use rhai::{EvalAltResult, LexError, ParseError, ParseErrorType, Position};
 
 /// One problem found while compiling the policy, located in a file.
@@ -107,17 +108,19 @@ pub(crate) fn from_parse_error(file: &str, err: &ParseError) -> Diagnostic {
 }
 
 fn parse_hint(err: &ParseErrorType) -> Option<String> {
+    if err.to_string().contains("'eval'") {
+        return Some(
+            "`eval` is disabled in pixie scripts: write the code directly, or put shared code \
+             in plugins/ and `import` it"
+                .into(),
+        );
+    }
     Some(match err {
         ParseErrorType::MissingToken(tok, _) => format!("insert `{tok}` here"),
         ParseErrorType::UnexpectedEOF => {
             "the file ends in the middle of something: look for an unclosed `{`, `(` or `[`".into()
         }
         ParseErrorType::BadInput(LexError::UnterminatedString) => "close the string with `\"`".into(),
-        ParseErrorType::Reserved(word) if word == "eval" => {
-            "`eval` is disabled in pixie scripts: write the code directly, or put shared code in \
-             plugins/ and `import` it"
-                .into()
-        }
         ParseErrorType::Reserved(word) => format!("`{word}` is a reserved word; pick another name"),
         ParseErrorType::FnDuplicatedDefinition(name, n) => {
             format!("`{name}` with {n} parameter(s) is defined twice in this file; remove one")
@@ -244,6 +247,9 @@ pub(crate) fn describe(err: &EvalAltResult) -> String {
         }
         EvalAltResult::ErrorDataTooLarge(what, _) => {
             format!("{what} too large (limits.max_string_size / max_array_size / max_map_size)")
+        }
+        EvalAltResult::ErrorRuntime(value, _) if value.is::<ImportError>() => {
+            value.clone().cast::<ImportError>().0
         }
         EvalAltResult::ErrorRuntime(value, _) if value.is_string() => {
             format!("script threw: {value}")

@@ -12,6 +12,17 @@ use std::sync::{Arc, Mutex};
 
 use rhai::{Engine, EvalAltResult, Module, ModuleResolver, Position, Scope};
 
+/// Why an `import` failed, as the payload of a Rhai runtime error.
+///
+/// Not `ErrorModuleNotFound`: Rhai treats that as "try the next resolver" and replaces the
+/// message with the bare module name.
+#[derive(Debug, Clone)]
+pub(crate) struct ImportError(pub(crate) String);
+
+fn import_error(message: String, pos: Position) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(rhai::Dynamic::from(ImportError(message)), pos))
+}
+
 /// A compiled plugin (`rhai::Shared<Module>` is `Arc` under the `sync` feature).
 type SharedModule = Arc<Module>;
 
@@ -100,7 +111,7 @@ impl ModuleResolver for PluginResolver {
     ) -> Result<SharedModule, Box<EvalAltResult>> {
         let (display, canon) = self
             .locate(path)
-            .map_err(|msg| Box::new(EvalAltResult::ErrorModuleNotFound(msg, pos)))?;
+            .map_err(|msg| import_error(msg, pos))?;
         let key = display.display().to_string();
         if let Some(m) = self.cache.lock().expect("plugin cache poisoned").get(&key) {
             return Ok(m.clone());
@@ -108,21 +119,17 @@ impl ModuleResolver for PluginResolver {
         let cycle = LOADING.with(|l| l.borrow().iter().any(|k| *k == key));
         if cycle {
             let chain = LOADING.with(|l| l.borrow().join(" → "));
-            return Err(Box::new(EvalAltResult::ErrorModuleNotFound(
+            return Err(import_error(
                 format!(
                     "import \"{path}\" in {} is an import cycle ({chain} → {key}); move the shared \
                      part into a third plugin",
                     source.unwrap_or("?")
                 ),
                 pos,
-            )));
+            ));
         }
-        let text = std::fs::read_to_string(&canon).map_err(|e| {
-            Box::new(EvalAltResult::ErrorModuleNotFound(
-                format!("import \"{path}\": cannot read {key}: {e}"),
-                pos,
-            ))
-        })?;
+        let text = std::fs::read_to_string(&canon)
+            .map_err(|e| import_error(format!("import \"{path}\": cannot read {key}: {e}"), pos))?;
         let mut ast = engine.compile(&text).map_err(|e| {
             Box::new(EvalAltResult::ErrorInModule(
                 key.clone(),
@@ -201,7 +208,8 @@ mod tests {
         let pos = Position::new(2, 1);
         let err = r.resolve(&engine, Some("scripts/boot.rhai"), "../secret", pos).unwrap_err();
         assert_eq!(err.position(), pos);
-        assert!(err.to_string().contains("refused"), "{err}");
+        let msg = crate::policy::rhai::diag::describe(&err);
+        assert!(msg.starts_with("import \"../secret\" refused"), "{msg}");
         let a = r.resolve(&engine, Some("scripts/boot.rhai"), "ok", pos).unwrap();
         let b = r.resolve(&engine, Some("scripts/boot.rhai"), "ok", pos).unwrap();
         assert!(Arc::ptr_eq(&a, &b), "second import comes from the cache");
