@@ -57,7 +57,10 @@ fn filename(p: &RhaiPolicy) -> String {
 async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < within, "timed out after {within:?} waiting for {what}");
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -88,8 +91,14 @@ async fn watcher_reloads_edits_keeps_last_good_on_error_and_follows_renames() {
 
     // A broken save keeps the previous decision and says where the mistake is.
     let good_generation = policy.generation();
-    write(&boot, "import \"names\" as names;\nfn boot(req) {\n    #{ filename: \"three\" \n");
-    eventually(second, "the broken save to be reported", || policy.last_error().is_some()).await;
+    write(
+        &boot,
+        "import \"names\" as names;\nfn boot(req) {\n    #{ filename: \"three\" \n",
+    );
+    eventually(second, "the broken save to be reported", || {
+        policy.last_error().is_some()
+    })
+    .await;
     assert_eq!(filename(&policy), "two");
     assert_eq!(policy.generation(), good_generation);
     let report = policy.last_error().unwrap();
@@ -111,15 +120,24 @@ async fn watcher_reloads_edits_keeps_last_good_on_error_and_follows_renames() {
     let tmp = d.scripts.join("boot.rhai.tmp~");
     write(&tmp, &script_returning("four"));
     std::fs::rename(&tmp, &boot).unwrap();
-    eventually(second, "the renamed file to load", || filename(&policy) == "four").await;
+    eventually(second, "the renamed file to load", || {
+        filename(&policy) == "four"
+    })
+    .await;
 
     // A change to an imported plugin reloads too.
     write(&d.plugins.join("names.rhai"), "fn prefix() { \"p-\" }");
-    eventually(second, "the plugin change to load", || filename(&policy) == "p-four").await;
+    eventually(second, "the plugin change to load", || {
+        filename(&policy) == "p-four"
+    })
+    .await;
 
     // Shutdown stops the watcher promptly.
     shutdown.cancel();
-    tokio::time::timeout(second, task).await.expect("watcher stops").unwrap();
+    tokio::time::timeout(second, task)
+        .await
+        .expect("watcher stops")
+        .unwrap();
 }
 
 #[test]
@@ -151,7 +169,10 @@ fn concurrent_calls_during_reloads_never_fail() {
         policy.reload().unwrap();
     }
     stop.store(true, Ordering::Relaxed);
-    let calls: u64 = workers.into_iter().map(|w| w.join().expect("no panic")).sum();
+    let calls: u64 = workers
+        .into_iter()
+        .map(|w| w.join().expect("no panic"))
+        .sum();
     assert!(calls > 0);
     assert_eq!(policy.generation(), 21);
     assert_eq!(filename(&policy), "a");

@@ -120,6 +120,9 @@ impl Compiled {
     }
 }
 
+/// Where a function is defined: file, and line/column of its `fn` when found.
+type Def = (String, Option<(usize, usize)>);
+
 struct Parsed {
     file: String,
     path: PathBuf,
@@ -192,14 +195,19 @@ pub(crate) fn compile(
 
     // 1. Parse every script and every plugin on its own.
     let mut parsed: Vec<Parsed> = Vec::new();
-    let mut defs: HashMap<(String, usize), (String, Option<(usize, usize)>)> = HashMap::new();
+    // (name, arity) → (file, line and column of its `fn`)
+    let mut defs: HashMap<(String, usize), Def> = HashMap::new();
     let mut report_files = Vec::new();
     for path in &files {
         let file = path.display().to_string();
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
-                diags.push(Diagnostic::at(path, rhai::Position::NONE, format!("cannot read: {e}")));
+                diags.push(Diagnostic::at(
+                    path,
+                    rhai::Position::NONE,
+                    format!("cannot read: {e}"),
+                ));
                 continue;
             }
         };
@@ -216,8 +224,13 @@ pub(crate) fn compile(
             let at = find_fn(&text, f.name);
             let key = (f.name.to_string(), f.params.len());
             if let Some((first_file, first_at)) = defs.get(&key) {
-                let first = diag::location(first_file, first_at.map(|a| a.0), first_at.map(|a| a.1));
-                let what = if Hook::from_name(f.name).is_some() { "hook" } else { "function" };
+                let first =
+                    diag::location(first_file, first_at.map(|a| a.0), first_at.map(|a| a.1));
+                let what = if Hook::from_name(f.name).is_some() {
+                    "hook"
+                } else {
+                    "function"
+                };
                 diags.push(Diagnostic {
                     file: path.clone(),
                     line: at.map(|a| a.0),
@@ -264,14 +277,18 @@ pub(crate) fn compile(
                     diags.push(diag::from_parse_error(&path.display().to_string(), &e));
                 }
             }
-            Err(e) => {
-                diags.push(Diagnostic::at(path, rhai::Position::NONE, format!("cannot read: {e}")))
-            }
+            Err(e) => diags.push(Diagnostic::at(
+                path,
+                rhai::Position::NONE,
+                format!("cannot read: {e}"),
+            )),
         }
     }
 
-    let fn_files: HashMap<String, String> =
-        defs.iter().map(|((name, _), (file, _))| (name.clone(), file.clone())).collect();
+    let fn_files: HashMap<String, String> = defs
+        .iter()
+        .map(|((name, _), (file, _))| (name.clone(), file.clone()))
+        .collect();
 
     // 2. Run each file's top level once (with every script's functions visible), so imports
     //    resolve now and their errors name the importing file and line.
@@ -281,7 +298,9 @@ pub(crate) fn compile(
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .fold(AST::empty(), |acc, (_, o)| acc.merge(&o.ast.clone_functions_only()));
+                .fold(AST::empty(), |acc, (_, o)| {
+                    acc.merge(&o.ast.clone_functions_only())
+                });
             ast = ast.merge(&p.ast);
             ast.set_source(p.file.as_str());
             if let Err(e) = engine::with_deadline(|| engine.run_ast(&ast)) {

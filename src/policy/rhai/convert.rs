@@ -122,7 +122,12 @@ pub(crate) fn file_field(r: &FileRequest, name: &str) -> Option<Dynamic> {
         "path" => r.path.clone().into(),
         "client" => r.client.ip().to_string().into(),
         "local" => ip_or_empty(r.local.map(|a| a.ip())),
-        "mac" => r.mac.as_ref().map(|m| m.to_string()).unwrap_or_default().into(),
+        "mac" => r
+            .mac
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default()
+            .into(),
         "protocol" => r.protocol.into(),
         "options" => string_map(&r.options).into(),
         _ => return None,
@@ -132,7 +137,12 @@ pub(crate) fn file_field(r: &FileRequest, name: &str) -> Option<Dynamic> {
 /// The value of one field of a booted event, `None` if there is no such field.
 pub(crate) fn ack_field(r: &BootedEvent, name: &str) -> Option<Dynamic> {
     Some(match name {
-        "mac" => r.mac.as_ref().map(|m| m.to_string()).unwrap_or_default().into(),
+        "mac" => r
+            .mac
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default()
+            .into(),
         "client" => ip_or_empty(r.client),
         "fields" => string_map(&r.fields).into(),
         _ => return None,
@@ -151,7 +161,10 @@ fn no_such_field(what: &str, name: &str, known: &[&str]) -> Box<EvalAltResult> {
         .map(|n| format!("did you mean `{n}`? "))
         .unwrap_or_default();
     Box::new(EvalAltResult::ErrorPropertyNotFound(
-        format!("`{name}` is not a field of the {what}; {hint}known fields: {}", known.join(", ")),
+        format!(
+            "`{name}` is not a field of the {what}; {hint}known fields: {}",
+            known.join(", ")
+        ),
         Position::NONE,
     ))
 }
@@ -167,12 +180,15 @@ pub(crate) fn register(engine: &mut Engine) {
     engine.register_indexer_get(|r: &mut ScriptBootRequest, name: &str| {
         boot_field(&r.0, name).ok_or_else(|| no_such_field("boot request", name, BOOT_FIELDS))
     });
-    engine.register_fn("option", |r: &mut ScriptBootRequest, code: i64| -> Dynamic {
-        u16::try_from(code)
-            .ok()
-            .and_then(|c| r.0.options.get(&c))
-            .map_or(Dynamic::UNIT, |b| Dynamic::from_blob(Blob::from(b.clone())))
-    });
+    engine.register_fn(
+        "option",
+        |r: &mut ScriptBootRequest, code: i64| -> Dynamic {
+            u16::try_from(code)
+                .ok()
+                .and_then(|c| r.0.options.get(&c))
+                .map_or(Dynamic::UNIT, |b| Dynamic::from_blob(Blob::from(b.clone())))
+        },
+    );
     engine.register_fn("to_string", |r: &mut ScriptBootRequest| boot_summary(&r.0));
     engine.register_fn("to_debug", |r: &mut ScriptBootRequest| boot_summary(&r.0));
 
@@ -201,8 +217,17 @@ pub(crate) fn register(engine: &mut Engine) {
 }
 
 fn boot_summary(r: &BootRequest) -> String {
-    let arch = r.arch().map(|a| a.name()).unwrap_or_else(|| "no-arch".into());
-    format!("{} {} {} {}", r.family.as_str(), r.phase.as_str(), r.mac, arch)
+    let arch = r
+        .arch()
+        .map(|a| a.name())
+        .unwrap_or_else(|| "no-arch".into());
+    format!(
+        "{} {} {} {}",
+        r.family.as_str(),
+        r.phase.as_str(),
+        r.mac,
+        arch
+    )
 }
 
 /// A friendly name for a value's type in messages.
@@ -227,8 +252,14 @@ fn kind(v: &Dynamic) -> String {
 }
 
 /// The keys a `boot` hook may return.
-pub(crate) const BOOT_KEYS: &[&str] =
-    &["filename", "next_server", "server_name", "options", "address", "lease_time"];
+pub(crate) const BOOT_KEYS: &[&str] = &[
+    "filename",
+    "next_server",
+    "server_name",
+    "options",
+    "address",
+    "lease_time",
+];
 
 /// Converts the value returned by `fn boot(req)` into a decision.
 ///
@@ -258,10 +289,15 @@ pub(crate) fn to_decision(value: Dynamic, location: &str) -> Result<Decision, Po
             "address" => d.address = Some(ip_of(key, v).map_err(bad)?),
             "lease_time" => {
                 let n = v.as_int().map_err(|_| {
-                    bad(format!("`lease_time` must be an integer (seconds), not {}", kind(&v)))
+                    bad(format!(
+                        "`lease_time` must be an integer (seconds), not {}",
+                        kind(&v)
+                    ))
                 })?;
                 d.lease_time = Some(u32::try_from(n).map_err(|_| {
-                    bad(format!("`lease_time` must be 0..=4294967295 seconds, not {n}"))
+                    bad(format!(
+                        "`lease_time` must be 0..=4294967295 seconds, not {n}"
+                    ))
                 })?);
             }
             "options" => d.options = options_of(v).map_err(bad)?,
@@ -289,9 +325,8 @@ fn string_of(key: &str, v: Dynamic) -> Result<String, String> {
 
 fn ip_of(key: &str, v: Dynamic) -> Result<IpAddr, String> {
     let s = string_of(key, v)?;
-    s.parse().map_err(|_| {
-        format!("`{key}` must be an IP address such as \"192.0.2.10\", not {s:?}")
-    })
+    s.parse()
+        .map_err(|_| format!("`{key}` must be an IP address such as \"192.0.2.10\", not {s:?}"))
 }
 
 fn options_of(v: Dynamic) -> Result<BTreeMap<u16, OptionValue>, String> {
@@ -383,7 +418,11 @@ pub(crate) fn to_file_decision(
         return Ok(FileDecision::Content(value.cast::<Blob>()));
     }
     if let Ok(b) = value.as_bool() {
-        return Ok(if b { FileDecision::Serve } else { FileDecision::Refuse });
+        return Ok(if b {
+            FileDecision::Serve
+        } else {
+            FileDecision::Refuse
+        });
     }
     let Some(map) = value.clone().try_cast::<Map>() else {
         return Err(bad(format!("`{hook}` returned {}; {HOW}", kind(&value))));

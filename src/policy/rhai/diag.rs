@@ -120,7 +120,9 @@ fn parse_hint(err: &ParseErrorType) -> Option<String> {
         ParseErrorType::UnexpectedEOF => {
             "the file ends in the middle of something: look for an unclosed `{`, `(` or `[`".into()
         }
-        ParseErrorType::BadInput(LexError::UnterminatedString) => "close the string with `\"`".into(),
+        ParseErrorType::BadInput(LexError::UnterminatedString) => {
+            "close the string with `\"`".into()
+        }
         ParseErrorType::Reserved(word) => format!("`{word}` is a reserved word; pick another name"),
         ParseErrorType::FnDuplicatedDefinition(name, n) => {
             format!("`{name}` with {n} parameter(s) is defined twice in this file; remove one")
@@ -208,6 +210,10 @@ pub(crate) fn locate(
     } else {
         (cur.position(), file.clone())
     };
+    // "in module `plugins/p.rhai`" says nothing when the location already names that file.
+    if chain.last() == Some(&format!("in module `{pos_file}`")) {
+        chain.pop();
+    }
     let mut message = describe(cur);
     if !chain.is_empty() {
         chain.reverse();
@@ -308,7 +314,11 @@ mod tests {
             message: "Expecting ';'".into(),
         };
         assert_eq!(d.to_string(), "scripts/boot.rhai:3:17: Expecting ';'");
-        let d = Diagnostic { line: None, column: None, ..d };
+        let d = Diagnostic {
+            line: None,
+            column: None,
+            ..d
+        };
         assert_eq!(d.to_string(), "scripts/boot.rhai: Expecting ';'");
     }
 

@@ -4,7 +4,7 @@
 //! Every `*.rhai` file directly in the scripts directory (sorted by name; hidden files are
 //! skipped) forms one policy: functions defined in one file are callable from the others,
 //! and a function (hook or helper) may be defined in one file only. `import "name"` loads
-//! `<plugins_dir>/name.rhai` and nothing else (see [`resolver`]); every `*.rhai` in the plugins
+//! `<plugins_dir>/name.rhai` and nothing else (no `..`, absolute paths or symlinks out); every `*.rhai` in the plugins
 //! directory must compile too.
 //!
 //! # Hooks
@@ -15,6 +15,38 @@
 //! A hook that is not defined is not called: `boot` then ignores every client, `file` serves
 //! the file as is, `booted` does nothing. Which file defines which hook is found once per
 //! compile ([`CheckReport`]).
+//!
+//! # What scripts see
+//! `req` in `boot(req)` (reading any other field is an error listing these):
+//!
+//! | field | value |
+//! |---|---|
+//! | `mac` | `"52:54:00:12:34:56"` (lower-case, colons) |
+//! | `uuid` | `"7e57c0de-0077-4000-8000-525400770010"`, `""` if absent or all zeros |
+//! | `arch` / `arches` | first architecture code (`-1` if none) / all codes, e.g. `[7]` |
+//! | `arch_name` | IANA slug of `arch` (`x64-uefi`, `x86-bios`, …), `""` if none |
+//! | `firmware` | `bios` (also when option 93 is absent), `uefi`, `uboot`, `openfirmware`, `other` |
+//! | `http`, `ipxe`, `pxe` | UEFI HTTP boot client; iPXE; option 60 starts with `PXEClient` |
+//! | `vendor_class`, `hostname`, `interface` | strings, `""` if absent |
+//! | `user_class` / `user_classes` | first user class (`""` if none) / all of them |
+//! | `relay`, `client_ip` | addresses as strings, `""` if none |
+//! | `circuit_id`, `remote_id` | option 82 sub-options 1/2, lossy UTF-8, `""` if none |
+//! | `family`, `phase` | `v4`/`v6`; `discover`, `request`, `proxy-4011`, `solicit`, … |
+//! | `req.option(n)` | raw bytes of option `n` as a blob, `()` if absent |
+//!
+//! `boot` returns `()` or a map with `filename`, `next_server` (IP string), `server_name`,
+//! `options` (`#{ "60": "PXEClient" }`: string key 1..=254 → string, blob, integer, or array of
+//! IPv4 strings), `address` (IP string), `lease_time` (seconds).
+//!
+//! `req` in `tftp(req)` / `http(req)`: `path`, `client` (IP), `local` (IP or `""`), `mac` (`""`
+//! when unknown), `protocol`, `options` (map of the client's TFTP options). Return `()` (or
+//! `true`) to serve the file, a string or blob to serve that content, `#{ path: "x" }` to serve
+//! another file, `false` to refuse. `ack` in `booted(ack)`: `mac`, `client`, `fields` (map).
+//!
+//! Helpers: `now()` (map: `year month day hour minute second weekday` (`"mon"`…`"sun"`)
+//! `weekday_num` (1 = Monday) `timestamp date time`, honouring [`RhaiPolicy::set_clock`]);
+//! `log_info`, `log_warn`, `log_error`, `print`, `debug` (to `tracing`, target
+//! `pixie::script`); `import "name" as name;` from the plugins directory. `eval` is disabled.
 //!
 //! Top-level statements of the scripts (imports, constants) run once when the policy is
 //! loaded, to check them, and again before each hook call, so that hooks see the imported
@@ -183,8 +215,13 @@ impl RhaiPolicy {
     /// previous policy to keep, so any problem is an error. The first generation is 1.
     pub fn load(cfg: RhaiConfig) -> Result<RhaiPolicy, CompileReport> {
         let clock: engine::Clock = Arc::new(RwLock::new(None));
-        let compiled =
-            compile::compile(&cfg.scripts_dir, &cfg.plugins_dir, &cfg.limits, clock.clone(), 1)?;
+        let compiled = compile::compile(
+            &cfg.scripts_dir,
+            &cfg.plugins_dir,
+            &cfg.limits,
+            clock.clone(),
+            1,
+        )?;
         Ok(RhaiPolicy {
             cfg,
             current: ArcSwap::from_pointee(compiled),
@@ -227,7 +264,10 @@ impl RhaiPolicy {
 
     /// Why the last reload failed; `None` once a reload succeeds.
     pub fn last_error(&self) -> Option<CompileReport> {
-        self.last_error.lock().expect("last_error lock poisoned").clone()
+        self.last_error
+            .lock()
+            .expect("last_error lock poisoned")
+            .clone()
     }
 
     /// Fixes what `now()` returns in scripts (`simulate --at`); `None` = real local time.

@@ -20,7 +20,10 @@ use rhai::{Engine, EvalAltResult, Module, ModuleResolver, Position, Scope};
 pub(crate) struct ImportError(pub(crate) String);
 
 fn import_error(message: String, pos: Position) -> Box<EvalAltResult> {
-    Box::new(EvalAltResult::ErrorRuntime(rhai::Dynamic::from(ImportError(message)), pos))
+    Box::new(EvalAltResult::ErrorRuntime(
+        rhai::Dynamic::from(ImportError(message)),
+        pos,
+    ))
 }
 
 /// A compiled plugin (`rhai::Shared<Module>` is `Arc` under the `sync` feature).
@@ -67,7 +70,10 @@ impl PluginResolver {
             None
         };
         if let Some(why) = bad {
-            return Err(format!("import \"{}\" refused: {why}; {HOW}", name.escape_debug()));
+            return Err(format!(
+                "import \"{}\" refused: {why}; {HOW}",
+                name.escape_debug()
+            ));
         }
         let file = if name.ends_with(".rhai") {
             name.to_string()
@@ -82,7 +88,10 @@ impl PluginResolver {
             )
         })?;
         let canon = display.canonicalize().map_err(|e| {
-            format!("import \"{name}\": cannot open {}: {e}; {HOW}", display.display())
+            format!(
+                "import \"{name}\": cannot open {}: {e}; {HOW}",
+                display.display()
+            )
         })?;
         if !canon.starts_with(&root) {
             return Err(format!(
@@ -109,14 +118,12 @@ impl ModuleResolver for PluginResolver {
         path: &str,
         pos: Position,
     ) -> Result<SharedModule, Box<EvalAltResult>> {
-        let (display, canon) = self
-            .locate(path)
-            .map_err(|msg| import_error(msg, pos))?;
+        let (display, canon) = self.locate(path).map_err(|msg| import_error(msg, pos))?;
         let key = display.display().to_string();
         if let Some(m) = self.cache.lock().expect("plugin cache poisoned").get(&key) {
             return Ok(m.clone());
         }
-        let cycle = LOADING.with(|l| l.borrow().iter().any(|k| *k == key));
+        let cycle = LOADING.with(|l| l.borrow().contains(&key));
         if cycle {
             let chain = LOADING.with(|l| l.borrow().join(" → "));
             return Err(import_error(
@@ -182,7 +189,10 @@ mod tests {
             ("", "empty"),
         ] {
             let err = r.locate(name).unwrap_err();
-            assert!(err.contains("refused") && err.contains(why), "{name:?}: {err}");
+            assert!(
+                err.contains("refused") && err.contains(why),
+                "{name:?}: {err}"
+            );
         }
         assert!(r.locate("ok").is_ok());
         assert!(r.locate("ok.rhai").is_ok());
@@ -206,13 +216,22 @@ mod tests {
         let (_dir, r) = resolver();
         let engine = Engine::new();
         let pos = Position::new(2, 1);
-        let err = r.resolve(&engine, Some("scripts/boot.rhai"), "../secret", pos).unwrap_err();
+        let err = r
+            .resolve(&engine, Some("scripts/boot.rhai"), "../secret", pos)
+            .unwrap_err();
         assert_eq!(err.position(), pos);
         let msg = crate::policy::rhai::diag::describe(&err);
         assert!(msg.starts_with("import \"../secret\" refused"), "{msg}");
-        let a = r.resolve(&engine, Some("scripts/boot.rhai"), "ok", pos).unwrap();
-        let b = r.resolve(&engine, Some("scripts/boot.rhai"), "ok", pos).unwrap();
+        let a = r
+            .resolve(&engine, Some("scripts/boot.rhai"), "ok", pos)
+            .unwrap();
+        let b = r
+            .resolve(&engine, Some("scripts/boot.rhai"), "ok", pos)
+            .unwrap();
         assert!(Arc::ptr_eq(&a, &b), "second import comes from the cache");
-        assert_eq!(a.id(), Some(r.dir.join("ok.rhai").display().to_string().as_str()));
+        assert_eq!(
+            a.id(),
+            Some(r.dir.join("ok.rhai").display().to_string().as_str())
+        );
     }
 }

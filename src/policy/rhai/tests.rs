@@ -43,7 +43,9 @@ fn compile_error(scripts: &[(&str, &str)], plugins: &[(&str, &str)]) -> (String,
     let (dir, p) = policy_with(scripts, plugins, Limits::default());
     let report = p.expect_err("should not compile");
     // Replace the temp dir by a stable prefix so messages can be compared.
-    let text = report.to_string().replace(&format!("{}/", dir.path().display()), "");
+    let text = report
+        .to_string()
+        .replace(&format!("{}/", dir.path().display()), "");
     (text, report)
 }
 
@@ -101,7 +103,11 @@ fn boot(req) {
     let (_dir, p) = policy(script);
 
     let mut r = BootRequest::new_v4(mac(), Phase::Proxy4011);
-    r.uuid = Some("7e57c0de-0077-4000-8000-525400770010".parse::<Uuid>().unwrap());
+    r.uuid = Some(
+        "7e57c0de-0077-4000-8000-525400770010"
+            .parse::<Uuid>()
+            .unwrap(),
+    );
     r.arches = vec![Arch::X64Uefi, Arch::X86Bios];
     r.vendor_class = Some("PXEClient:Arch:00007:UNDI:003016".into());
     r.user_class = vec!["iPXE".into(), "extra".into()];
@@ -146,9 +152,15 @@ fn unknown_field_names_it_and_lists_the_known_ones() {
     let (_dir, p) = policy("fn boot(req) {\n    if req.hostnam == \"x\" { return (); }\n}");
     let (location, message) = runtime_error(&p);
     assert!(location.ends_with("boot.rhai:2:11"), "{location}");
-    assert!(message.contains("`hostnam` is not a field of the boot request"), "{message}");
+    assert!(
+        message.contains("`hostnam` is not a field of the boot request"),
+        "{message}"
+    );
     assert!(message.contains("did you mean `hostname`?"), "{message}");
-    assert!(message.contains("known fields: mac, uuid, arch"), "{message}");
+    assert!(
+        message.contains("known fields: mac, uuid, arch"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -181,8 +193,14 @@ fn http(req) { `http ${req.path}` }
         p.file(&req("tftp", "text")).unwrap(),
         FileDecision::Content(b"tftp 10.0.0.5 10.0.0.1 52:54:00:12:34:56 1408".to_vec())
     );
-    assert_eq!(p.file(&req("tftp", "blob")).unwrap(), FileDecision::Content(b"AA".to_vec()));
-    assert_eq!(p.file(&req("tftp", "refuse")).unwrap(), FileDecision::Refuse);
+    assert_eq!(
+        p.file(&req("tftp", "blob")).unwrap(),
+        FileDecision::Content(b"AA".to_vec())
+    );
+    assert_eq!(
+        p.file(&req("tftp", "refuse")).unwrap(),
+        FileDecision::Refuse
+    );
     assert_eq!(
         p.file(&req("tftp", "remap")).unwrap(),
         FileDecision::Remap("other/file".into())
@@ -235,8 +253,12 @@ fn booted_hook_sees_the_event() {
     };
     // `ack.nope` is not a field: that error wins over the throw.
     let err = p.booted(&ev).unwrap_err().to_string();
-    assert!(err.contains("`nope` is not a field of the booted event"), "{err}");
-    let (_dir, p) = policy("fn booted(ack) {\n  throw `${ack.mac} ${ack.client} ${ack.fields.status}`;\n}");
+    assert!(
+        err.contains("`nope` is not a field of the booted event"),
+        "{err}"
+    );
+    let (_dir, p) =
+        policy("fn booted(ack) {\n  throw `${ack.mac} ${ack.client} ${ack.fields.status}`;\n}");
     let err = p.booted(&ev).unwrap_err().to_string();
     assert!(err.contains("52:54:00:12:34:56 10.0.0.5 ok"), "{err}");
     assert!(err.contains("boot.rhai:2:3"), "{err}");
@@ -272,7 +294,13 @@ fn boot(req) {
     assert_eq!(
         d.options,
         BTreeMap::from([
-            (6, OptionValue::Ips(vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)])),
+            (
+                6,
+                OptionValue::Ips(vec![
+                    Ipv4Addr::new(192, 0, 2, 1),
+                    Ipv4Addr::new(192, 0, 2, 2)
+                ])
+            ),
             (43, OptionValue::Bytes(vec![6, 6])),
             (60, OptionValue::Text("PXEClient".into())),
             (209, OptionValue::Int(7)),
@@ -287,26 +315,71 @@ use crate::policy::OptionValue;
 #[test]
 fn each_bad_return_says_what_to_fix() {
     let cases: &[(&str, &[&str])] = &[
-        (r#""ipxe.efi""#, &["returned a string (\"ipxe.efi\")", "return () to ignore"]),
+        (
+            r#""ipxe.efi""#,
+            &["returned a string (\"ipxe.efi\")", "return () to ignore"],
+        ),
         ("42", &["returned an integer (42)"]),
-        (r#"#{ filenme: "x" }"#, &["unknown key `filenme`", "did you mean `filename`?"]),
-        (r#"#{ colour: "x" }"#, &["unknown key `colour`", "valid keys: filename"]),
-        ("#{ filename: 5 }", &["`filename` must be a string, not an integer (5)"]),
-        (r#"#{ next_server: "nope" }"#, &["`next_server` must be an IP address", "\"nope\""]),
-        (r#"#{ address: "10.0.0.300" }"#, &["`address` must be an IP address"]),
-        ("#{ lease_time: -1 }", &["`lease_time` must be 0..=4294967295"]),
-        (r#"#{ lease_time: "1h" }"#, &["`lease_time` must be an integer"]),
+        (
+            r#"#{ filenme: "x" }"#,
+            &["unknown key `filenme`", "did you mean `filename`?"],
+        ),
+        (
+            r#"#{ colour: "x" }"#,
+            &["unknown key `colour`", "valid keys: filename"],
+        ),
+        (
+            "#{ filename: 5 }",
+            &["`filename` must be a string, not an integer (5)"],
+        ),
+        (
+            r#"#{ next_server: "nope" }"#,
+            &["`next_server` must be an IP address", "\"nope\""],
+        ),
+        (
+            r#"#{ address: "10.0.0.300" }"#,
+            &["`address` must be an IP address"],
+        ),
+        (
+            "#{ lease_time: -1 }",
+            &["`lease_time` must be 0..=4294967295"],
+        ),
+        (
+            r#"#{ lease_time: "1h" }"#,
+            &["`lease_time` must be an integer"],
+        ),
         (r#"#{ options: "60" }"#, &["`options` must be a map"]),
-        (r#"#{ options: #{ "0": "x" } }"#, &["key `0` is not an option number 1..=254"]),
-        (r#"#{ options: #{ "255": "x" } }"#, &["key `255` is not an option number"]),
-        (r#"#{ options: #{ "abc": "x" } }"#, &["key `abc` is not an option number"]),
-        (r#"#{ options: #{ "6": ["x"] } }"#, &["option 6: an array must hold IPv4"]),
-        (r#"#{ options: #{ "6": -5 } }"#, &["option 6: integer -5 is out of range"]),
-        (r#"#{ options: #{ "6": true } }"#, &["option 6: value must be a string, blob"]),
+        (
+            r#"#{ options: #{ "0": "x" } }"#,
+            &["key `0` is not an option number 1..=254"],
+        ),
+        (
+            r#"#{ options: #{ "255": "x" } }"#,
+            &["key `255` is not an option number"],
+        ),
+        (
+            r#"#{ options: #{ "abc": "x" } }"#,
+            &["key `abc` is not an option number"],
+        ),
+        (
+            r#"#{ options: #{ "6": ["x"] } }"#,
+            &["option 6: an array must hold IPv4"],
+        ),
+        (
+            r#"#{ options: #{ "6": -5 } }"#,
+            &["option 6: integer -5 is out of range"],
+        ),
+        (
+            r#"#{ options: #{ "6": true } }"#,
+            &["option 6: value must be a string, blob"],
+        ),
     ];
     for (ret, expected) in cases {
         let (location, message) = bad_return(&format!("\n\nfn boot(req) {{\n  {ret}\n}}"));
-        assert!(location.ends_with("scripts/boot.rhai:3"), "{ret}: {location}");
+        assert!(
+            location.ends_with("scripts/boot.rhai:3"),
+            "{ret}: {location}"
+        );
         for e in *expected {
             assert!(message.contains(e), "{ret}: {message:?} lacks {e:?}");
         }
@@ -327,10 +400,19 @@ fn a_throw_names_file_line_and_column() {
 fn errors_in_plugins_and_other_scripts_name_their_file() {
     let (dir, p) = policy_with(
         &[
-            ("10-main.rhai", "import \"util\" as util;\nfn boot(req) {\n  util::fail(req)\n}"),
-            ("20-more.rhai", "fn other(req) {\n\n  req.bogus\n}\nfn tftp(req) { other(req) }"),
+            (
+                "10-main.rhai",
+                "import \"util\" as util;\nfn boot(req) {\n  util::fail(req)\n}",
+            ),
+            (
+                "20-more.rhai",
+                "fn other(req) {\n\n  req.bogus\n}\nfn tftp(req) { other(req) }",
+            ),
         ],
-        &[("util.rhai", "fn fail(req) {\n  let x = 1;\n  x.nothing()\n}")],
+        &[(
+            "util.rhai",
+            "fn fail(req) {\n  let x = 1;\n  x.nothing()\n}",
+        )],
         Limits::default(),
     );
     let p = p.unwrap();
@@ -349,7 +431,10 @@ fn errors_in_plugins_and_other_scripts_name_their_file() {
     };
     let err = p.file(&req).unwrap_err().to_string();
     assert!(err.contains("20-more.rhai:3:6"), "{err}");
-    assert!(err.contains("`bogus` is not a field of the file request"), "{err}");
+    assert!(
+        err.contains("`bogus` is not a field of the file request"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -359,12 +444,19 @@ fn an_endless_loop_stops_at_the_deadline() {
         deadline: Duration::from_millis(100),
         ..Limits::default()
     };
-    let (_dir, p) = policy_with(&[("boot.rhai", "fn boot(req) {\n  loop {}\n}")], &[], limits);
+    let (_dir, p) = policy_with(
+        &[("boot.rhai", "fn boot(req) {\n  loop {}\n}")],
+        &[],
+        limits,
+    );
     let p = p.unwrap();
     let started = Instant::now();
     let (location, message) = runtime_error(&p);
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(100), "stopped early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(100),
+        "stopped early: {took:?}"
+    );
     assert!(took < Duration::from_millis(600), "stopped late: {took:?}");
     assert!(message.contains("deadline of 100 ms"), "{message}");
     assert!(location.contains("boot.rhai:"), "{location}");
@@ -377,7 +469,11 @@ fn an_endless_loop_stops_at_the_operation_limit() {
         deadline: Duration::from_secs(60),
         ..Limits::default()
     };
-    let (_dir, p) = policy_with(&[("boot.rhai", "fn boot(req) {\n  loop {}\n}")], &[], limits);
+    let (_dir, p) = policy_with(
+        &[("boot.rhai", "fn boot(req) {\n  loop {}\n}")],
+        &[],
+        limits,
+    );
     let (_, message) = runtime_error(&p.unwrap());
     assert!(message.contains("operation limit"), "{message}");
 }
@@ -411,7 +507,10 @@ fn now_honours_the_fixed_clock() {
     );
     let at = chrono::DateTime::parse_from_rfc3339("2024-03-10T22:05:09+01:00").unwrap();
     p.set_clock(Some(at));
-    assert_eq!(filename(&p, &pxe_req(None)), "2024-3-10 22:5:9 sun 7 1710104709");
+    assert_eq!(
+        filename(&p, &pxe_req(None)),
+        "2024-3-10 22:5:9 sun 7 1710104709"
+    );
     p.set_clock(None);
     assert!(filename(&p, &pxe_req(None)).starts_with("20"));
 }
@@ -438,30 +537,53 @@ fn parse_errors_in_every_file_are_reported_with_positions() {
 #[test]
 fn a_hook_in_two_files_names_both_places() {
     let (text, _) = compile_error(
-        &[("a.rhai", "fn boot(req) { () }"), ("b.rhai", "\n\nfn boot(req) { () }")],
+        &[
+            ("a.rhai", "fn boot(req) { () }"),
+            ("b.rhai", "\n\nfn boot(req) { () }"),
+        ],
         &[],
     );
-    assert!(text.starts_with("scripts/b.rhai:3:1: hook `boot`"), "{text}");
-    assert!(text.contains("also defined at scripts/a.rhai:1:1"), "{text}");
+    assert!(
+        text.starts_with("scripts/b.rhai:3:1: hook `boot`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("also defined at scripts/a.rhai:1:1"),
+        "{text}"
+    );
 }
 
 #[test]
 fn a_hook_with_wrong_parameters_is_an_error() {
     let (text, _) = compile_error(&[("a.rhai", "fn boot(req, extra) { () }")], &[]);
-    assert!(text.contains("hook `boot` takes exactly one parameter"), "{text}");
+    assert!(
+        text.contains("hook `boot` takes exactly one parameter"),
+        "{text}"
+    );
 }
 
 #[test]
 fn bad_imports_name_the_importing_file_and_line() {
     let (text, _) = compile_error(
-        &[("boot.rhai", "// policy\nimport \"../secret\" as s;\nfn boot(req) { () }")],
+        &[(
+            "boot.rhai",
+            "// policy\nimport \"../secret\" as s;\nfn boot(req) { () }",
+        )],
         &[],
     );
-    assert!(text.starts_with("scripts/boot.rhai:2:8: import \"../secret\" refused"), "{text}");
+    assert!(
+        text.starts_with("scripts/boot.rhai:2:8: import \"../secret\" refused"),
+        "{text}"
+    );
 
-    let (text, _) =
-        compile_error(&[("boot.rhai", "import \"missing\" as m;\nfn boot(req) { () }")], &[]);
-    assert!(text.starts_with("scripts/boot.rhai:1:8: import \"missing\": cannot open"), "{text}");
+    let (text, _) = compile_error(
+        &[("boot.rhai", "import \"missing\" as m;\nfn boot(req) { () }")],
+        &[],
+    );
+    assert!(
+        text.starts_with("scripts/boot.rhai:1:8: import \"missing\": cannot open"),
+        "{text}"
+    );
 
     // A plugin that fails while it loads names the plugin's line.
     let (text, _) = compile_error(
@@ -478,14 +600,24 @@ fn check_lists_hooks_per_file() {
     let (s, p) = (dir.path().join("scripts"), dir.path().join("plugins"));
     std::fs::create_dir(&s).unwrap();
     std::fs::write(s.join("b.rhai"), "fn tftp(req) { () }\nfn http(req) { () }").unwrap();
-    std::fs::write(s.join("a.rhai"), "fn boot(req) { () }\nfn booted(ack) { () }").unwrap();
+    std::fs::write(
+        s.join("a.rhai"),
+        "fn boot(req) { () }\nfn booted(ack) { () }",
+    )
+    .unwrap();
     std::fs::write(s.join(".#a.rhai"), "editor lock file, not a script").unwrap();
     let report = check(&s, &p).unwrap();
     assert_eq!(
         report.files,
         vec![
-            (s.join("a.rhai"), vec!["boot".to_string(), "booted".to_string()]),
-            (s.join("b.rhai"), vec!["tftp".to_string(), "http".to_string()]),
+            (
+                s.join("a.rhai"),
+                vec!["boot".to_string(), "booted".to_string()]
+            ),
+            (
+                s.join("b.rhai"),
+                vec!["tftp".to_string(), "http".to_string()]
+            ),
         ]
     );
     let empty = tempfile::tempdir().unwrap();
@@ -526,7 +658,11 @@ fn the_default_policy_chainloads_ipxe() {
     assert_eq!(filename(&p, &pxe_req(Some(0))), "undionly.kpxe");
     assert_eq!(filename(&p, &pxe_req(Some(7))), "ipxe.efi");
     assert_eq!(filename(&p, &pxe_req(Some(11))), "ipxe-arm64.efi");
-    assert_eq!(p.boot(&pxe_req(Some(2))).unwrap(), Decision::Ignore, "itanium");
+    assert_eq!(
+        p.boot(&pxe_req(Some(2))).unwrap(),
+        Decision::Ignore,
+        "itanium"
+    );
 
     let mut ipxe = pxe_req(Some(7));
     ipxe.ipxe = true;
@@ -537,7 +673,10 @@ fn the_default_policy_chainloads_ipxe() {
     http.vendor_class = Some("HTTPClient:Arch:00016:UNDI:003001".into());
     let d = boot_decision(&p, &http);
     assert_eq!(d.filename.as_deref(), Some("http://192.0.2.10/ipxe.efi"));
-    assert_eq!(d.options.get(&60), Some(&OptionValue::Text("HTTPClient".into())));
+    assert_eq!(
+        d.options.get(&60),
+        Some(&OptionValue::Text("HTTPClient".into()))
+    );
 
     let mut laptop = BootRequest::new_v4(mac(), Phase::Discover);
     laptop.vendor_class = Some("MSFT 5.0".into());

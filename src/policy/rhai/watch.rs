@@ -85,10 +85,12 @@ pub fn spawn_watcher(
             })
             .await;
             match outcome {
-                Ok((Ok(generation), _)) => tracing::info!(generation, "policy reloaded generation={generation}"),
-                Ok((Err(report), kept)) => tracing::error!(
-                    "policy reload failed, keeping generation {kept}:\n{report}"
-                ),
+                Ok((Ok(generation), _)) => {
+                    tracing::info!(generation, "policy reloaded generation={generation}")
+                }
+                Ok((Err(report), kept)) => {
+                    tracing::error!("policy reload failed, keeping generation {kept}:\n{report}")
+                }
                 Err(e) => tracing::error!(error = %e, "policy reload task failed"),
             }
         }
