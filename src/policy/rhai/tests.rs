@@ -450,9 +450,15 @@ fn an_endless_loop_stops_at_the_deadline() {
         limits,
     );
     let p = p.unwrap();
-    let started = Instant::now();
-    let (location, message) = runtime_error(&p);
-    let took = started.elapsed();
+    // Run it on its own thread so that a broken deadline fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = runtime_error(&p);
+        let _ = tx.send((result, started.elapsed()));
+    });
+    let ((location, message), took) =
+        rx.recv_timeout(Duration::from_secs(5)).expect("the deadline did not stop the loop");
     assert!(
         took >= Duration::from_millis(100),
         "stopped early: {took:?}"
