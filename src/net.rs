@@ -1,1 +1,357 @@
-//! Sockets with IP_PKTINFO (placeholder: being written).
+//! UDP sockets that know which interface and local address each datagram used.
+//!
+//! DHCP and TFTP servers on multi-homed hosts must answer *through the interface the request came
+//! in on* and *from the address it was sent to*; the default route is wrong for both. Linux tells
+//! us both per datagram with `IP_PKTINFO` / `IPV6_RECVPKTINFO`, and lets us choose them per send
+//! with the same control message. [`PktSocket`] wraps a tokio `UdpSocket` with that.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Where a datagram arrived: the local address it was sent to and the interface index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PktInfo {
+    /// Destination address of the datagram (may be a broadcast address).
+    pub dst: IpAddr,
+    /// The local address the kernel would use as source on that interface (`ipi_spec_dst`).
+    pub local: IpAddr,
+    /// Interface index (0 when unknown).
+    pub ifindex: u32,
+}
+
+/// Options for [`bind_udp`].
+#[derive(Debug, Clone, Default)]
+pub struct BindOptions {
+    /// `SO_BINDTODEVICE`: only this interface.
+    pub device: Option<String>,
+    /// `SO_BROADCAST`.
+    pub broadcast: bool,
+    /// `SO_REUSEADDR`.
+    pub reuse_addr: bool,
+    /// `SO_RCVBUF` request in bytes (the kernel may cap it).
+    pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF` request in bytes.
+    pub send_buffer: Option<usize>,
+}
+
+/// A UDP socket with per-datagram packet info. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct PktSocket {
+    sock: UdpSocket,
+    v6: bool,
+}
+
+/// Binds a UDP socket with packet info enabled. Must be called inside a tokio runtime.
+pub fn bind_udp(addr: SocketAddr, opts: &BindOptions) -> io::Result<PktSocket> {
+    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if opts.reuse_addr {
+        s.set_reuse_address(true)?;
+    }
+    if opts.broadcast {
+        s.set_broadcast(true)?;
+    }
+    if let Some(dev) = &opts.device {
+        s.bind_device(Some(dev.as_bytes())).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot bind to interface {dev}: {e}"))
+        })?;
+    }
+    if let Some(n) = opts.recv_buffer {
+        let _ = s.set_recv_buffer_size(n);
+    }
+    if let Some(n) = opts.send_buffer {
+        let _ = s.set_send_buffer_size(n);
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    enable_pktinfo(&s, addr.is_ipv6())?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
+    let std_sock: std::net::UdpSocket = s.into();
+    Ok(PktSocket { sock: UdpSocket::from_std(std_sock)?, v6: addr.is_ipv6() })
+}
+
+fn enable_pktinfo(s: &Socket, v6: bool) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    let (level, name) =
+        if v6 { (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO) } else { (libc::IPPROTO_IP, libc::IP_PKTINFO) };
+    // SAFETY: valid fd, pointer to a c_int of the stated length.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            &one as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// Room for one in{6}_pktinfo control message, aligned.
+const CMSG_SPACE: usize = 64;
+
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_SPACE]);
+
+impl PktSocket {
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()
+    }
+
+    /// The underlying tokio socket (for plain `send_to` where the source does not matter).
+    pub fn inner(&self) -> &UdpSocket {
+        &self.sock
+    }
+
+    /// Receives one datagram with its packet info.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, PktInfo)> {
+        loop {
+            self.sock.readable().await?;
+            match self.sock.try_io(Interest::READABLE, || self.recvmsg(buf)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Non-blocking receive (for draining a burst after one wake-up).
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, PktInfo)> {
+        self.sock.try_io(Interest::READABLE, || self.recvmsg(buf))
+    }
+
+    /// Sends `buf` to `to`, leaving through interface `ifindex` (0 = routing decides) with source
+    /// address `src` (`None` = the kernel chooses).
+    pub async fn send(&self, buf: &[u8], to: SocketAddr, src: Option<IpAddr>, ifindex: u32) -> io::Result<usize> {
+        loop {
+            self.sock.writable().await?;
+            match self.sock.try_io(Interest::WRITABLE, || self.sendmsg(buf, to, src, ifindex)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn recvmsg(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, PktInfo)> {
+        // SAFETY: all pointers reference live locals sized as told to the kernel; the kernel
+        // writes at most msg_namelen / msg_controllen bytes.
+        unsafe {
+            let mut name: libc::sockaddr_storage = zeroed();
+            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+            let mut cbuf = CmsgBuf([0; CMSG_SPACE]);
+            let mut msg: libc::msghdr = zeroed();
+            msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
+            msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = CMSG_SPACE as _;
+            let n = libc::recvmsg(self.sock.as_raw_fd(), &mut msg, libc::MSG_TRUNC);
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = n as usize;
+            if msg.msg_flags & libc::MSG_TRUNC != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("datagram of {n} bytes truncated to the {}-byte buffer", buf.len()),
+                ));
+            }
+            let from = sockaddr_to_std(&name)?;
+            let mut info = PktInfo {
+                dst: if self.v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) },
+                local: if self.v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) },
+                ifindex: 0,
+            };
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                let h = &*c;
+                if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
+                    let p = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
+                    info.dst = IpAddr::V4(Ipv4Addr::from(u32::from_be(p.ipi_addr.s_addr)));
+                    info.local = IpAddr::V4(Ipv4Addr::from(u32::from_be(p.ipi_spec_dst.s_addr)));
+                    info.ifindex = p.ipi_ifindex as u32;
+                } else if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
+                    let p = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
+                    let a = Ipv6Addr::from(p.ipi6_addr.s6_addr);
+                    info.dst = IpAddr::V6(a);
+                    info.local = IpAddr::V6(a);
+                    info.ifindex = p.ipi6_ifindex;
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+            Ok((n, from, info))
+        }
+    }
+
+    fn sendmsg(&self, buf: &[u8], to: SocketAddr, src: Option<IpAddr>, ifindex: u32) -> io::Result<usize> {
+        // SAFETY: as in recvmsg; the control buffer is sized for one pktinfo message.
+        unsafe {
+            let (mut name, namelen) = std_to_sockaddr(to);
+            let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+            let mut cbuf = CmsgBuf([0; CMSG_SPACE]);
+            let mut msg: libc::msghdr = zeroed();
+            msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
+            msg.msg_namelen = namelen;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            let want_info = ifindex != 0 || src.is_some_and(|s| !s.is_unspecified());
+            if want_info {
+                msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
+                if self.v6 {
+                    let len = size_of::<libc::in6_pktinfo>() as u32;
+                    msg.msg_controllen = libc::CMSG_SPACE(len) as _;
+                    let c = libc::CMSG_FIRSTHDR(&msg);
+                    (*c).cmsg_level = libc::IPPROTO_IPV6;
+                    (*c).cmsg_type = libc::IPV6_PKTINFO;
+                    (*c).cmsg_len = libc::CMSG_LEN(len) as _;
+                    let mut p: libc::in6_pktinfo = zeroed();
+                    if let Some(IpAddr::V6(a)) = src {
+                        p.ipi6_addr.s6_addr = a.octets();
+                    }
+                    p.ipi6_ifindex = ifindex;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in6_pktinfo, p);
+                } else {
+                    let len = size_of::<libc::in_pktinfo>() as u32;
+                    msg.msg_controllen = libc::CMSG_SPACE(len) as _;
+                    let c = libc::CMSG_FIRSTHDR(&msg);
+                    (*c).cmsg_level = libc::IPPROTO_IP;
+                    (*c).cmsg_type = libc::IP_PKTINFO;
+                    (*c).cmsg_len = libc::CMSG_LEN(len) as _;
+                    let mut p: libc::in_pktinfo = zeroed();
+                    if let Some(IpAddr::V4(a)) = src {
+                        p.ipi_spec_dst.s_addr = u32::from(a).to_be();
+                    }
+                    p.ipi_ifindex = ifindex as libc::c_int;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in_pktinfo, p);
+                }
+            }
+            let n = libc::sendmsg(self.sock.as_raw_fd(), &msg, 0);
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(n as usize)
+        }
+    }
+}
+
+fn sockaddr_to_std(s: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
+    // SAFETY: the family field tells which layout the kernel wrote.
+    unsafe {
+        match s.ss_family as libc::c_int {
+            libc::AF_INET => {
+                let a = &*(s as *const _ as *const libc::sockaddr_in);
+                Ok(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                )))
+            }
+            libc::AF_INET6 => {
+                let a = &*(s as *const _ as *const libc::sockaddr_in6);
+                Ok(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(a.sin6_addr.s6_addr),
+                    u16::from_be(a.sin6_port),
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                )))
+            }
+            f => Err(io::Error::new(io::ErrorKind::InvalidData, format!("unexpected address family {f}"))),
+        }
+    }
+}
+
+fn std_to_sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is large enough for either layout; zeroed is a valid value.
+    unsafe {
+        let mut s: libc::sockaddr_storage = zeroed();
+        match a {
+            SocketAddr::V4(v4) => {
+                let p = &mut *(&mut s as *mut _ as *mut libc::sockaddr_in);
+                p.sin_family = libc::AF_INET as libc::sa_family_t;
+                p.sin_port = v4.port().to_be();
+                p.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                (s, size_of::<libc::sockaddr_in>() as libc::socklen_t)
+            }
+            SocketAddr::V6(v6) => {
+                let p = &mut *(&mut s as *mut _ as *mut libc::sockaddr_in6);
+                p.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                p.sin6_port = v6.port().to_be();
+                p.sin6_addr.s6_addr = v6.ip().octets();
+                p.sin6_flowinfo = v6.flowinfo();
+                p.sin6_scope_id = v6.scope_id();
+                (s, size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+            }
+        }
+    }
+}
+
+/// Name of the interface with index `ifindex`, if any.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    if ifindex == 0 {
+        return None;
+    }
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf is IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr() as *mut libc::c_char) };
+    if p.is_null() {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn loopback_pktinfo_round_trip() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), &BindOptions::default()).unwrap();
+        let b = bind_udp("127.0.0.1:0".parse().unwrap(), &BindOptions::default()).unwrap();
+        let to = a.local_addr().unwrap();
+        b.send(b"hello", to, Some("127.0.0.1".parse().unwrap()), 0).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from, info) = a.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(from, b.local_addr().unwrap());
+        assert_eq!(info.dst, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_ne!(info.ifindex, 0);
+        assert_eq!(ifname(info.ifindex).as_deref(), Some("lo"));
+    }
+
+    #[tokio::test]
+    async fn oversized_datagram_is_an_error_not_a_short_read() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), &BindOptions::default()).unwrap();
+        let b = bind_udp("127.0.0.1:0".parse().unwrap(), &BindOptions::default()).unwrap();
+        b.send(&[7u8; 100], a.local_addr().unwrap(), None, 0).await.unwrap();
+        let mut buf = [0u8; 10];
+        let e = a.recv(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn ipv6_loopback() {
+        let Ok(a) = bind_udp("[::1]:0".parse().unwrap(), &BindOptions::default()) else {
+            eprintln!("SKIPPED: no IPv6 loopback");
+            return;
+        };
+        let b = bind_udp("[::1]:0".parse().unwrap(), &BindOptions::default()).unwrap();
+        b.send(b"v6", a.local_addr().unwrap(), None, 0).await.unwrap();
+        let mut buf = [0u8; 16];
+        let (n, _, info) = a.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"v6");
+        assert_eq!(info.dst, "::1".parse::<IpAddr>().unwrap());
+    }
+}

@@ -245,6 +245,38 @@ impl BootRequest {
         }
     }
 
+    /// Builds the request from a validated DHCPv4 packet. `interface` and `source` come from the
+    /// socket layer.
+    pub fn from_dhcpv4(
+        pkt: &crate::wire::dhcpv4::Packet,
+        phase: Phase,
+        interface: Option<String>,
+        source: Option<SocketAddr>,
+    ) -> BootRequest {
+        use crate::wire::dhcpv4::opt;
+        let user_class = pkt.user_classes();
+        let relay_info = pkt.relay_info().unwrap_or_default();
+        BootRequest {
+            family: Family::V4,
+            phase,
+            mac: HwAddr(pkt.mac().to_vec()),
+            uuid: pkt.uuid().map(Uuid),
+            arches: pkt.arches(),
+            vendor_class: pkt.vendor_class(),
+            ipxe: user_class.iter().any(|c| c == "iPXE") || pkt.option(opt::IPXE_ENCAP).is_some(),
+            user_class,
+            hostname: pkt.hostname(),
+            client_ndi: pkt.client_ndi(),
+            relay: (!pkt.giaddr.is_unspecified()).then_some(IpAddr::V4(pkt.giaddr)),
+            circuit_id: relay_info.circuit_id,
+            remote_id: relay_info.remote_id,
+            interface,
+            source,
+            client_ip: (!pkt.ciaddr.is_unspecified()).then_some(IpAddr::V4(pkt.ciaddr)),
+            options: pkt.options.iter().map(|(c, v)| (u16::from(*c), v.clone())).collect(),
+        }
+    }
+
     /// First architecture, the one that decides (`None` if the client sent none).
     pub fn arch(&self) -> Option<Arch> {
         self.arches.first().copied()

@@ -7,4 +7,5 @@
 
 pub mod arch;
 pub mod dhcpv4;
+pub mod pcap;
 pub mod tftp;
