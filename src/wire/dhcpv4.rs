@@ -248,7 +248,13 @@ pub fn parse(buf: &[u8]) -> Result<Packet, ParseError> {
     if magic != MAGIC {
         return Err(ParseError::BadMagic(magic));
     }
-    let msg = dhcproto::v4::Message::decode(&mut Decoder::new(buf))
+    // dhcproto decodes the fixed header only: its option decoder asserts on malformed lengths
+    // (found by fuzzing: `assertion failed: len == 4` in dhcproto 0.15's options.rs), so it gets
+    // the header, the cookie and an END, and the options are walked below.
+    let mut header = [0u8; HEADER_LEN + 5];
+    header[..HEADER_LEN + 4].copy_from_slice(&buf[..HEADER_LEN + 4]);
+    header[HEADER_LEN + 4] = opt::END;
+    let msg = dhcproto::v4::Message::decode(&mut Decoder::new(&header))
         .map_err(|e| ParseError::Header(e.to_string()))?;
 
     let mut options = Vec::new();
@@ -702,6 +708,25 @@ mod tests {
         b.pop();
         b.push(60);
         assert!(matches!(parse(&b).unwrap_err(), ParseError::Truncated { code: 60, .. }));
+    }
+
+    #[test]
+    fn fuzz_crash_dhcproto_option_assertion() {
+        // Found by `cargo fuzz run dhcpv4_parse`: dhcproto asserted on an option length.
+        let mut b = discover_with(&[]);
+        b.pop();
+        b.extend_from_slice(&[1, 2, 255, 0, 3, 3, 1, 2, 3, 54, 2, 1, 1, 255]);
+        let _ = parse(&b);
+        for code in 1..=254u8 {
+            for len in 0..=6u8 {
+                let mut b = discover_with(&[]);
+                b.pop();
+                b.extend_from_slice(&[code, len]);
+                b.extend(std::iter::repeat_n(0xa5, len as usize));
+                b.push(255);
+                let _ = parse(&b);
+            }
+        }
     }
 
     #[test]
