@@ -1,0 +1,395 @@
+//! End-to-end netboot tests: real PXE firmware (SeaBIOS + iPXE ROM, OVMF's own
+//! PXE, iPXE's EFI driver) in QEMU boots against `pixie serve` in proxyDHCP
+//! mode, next to a plain DHCP server, all inside private network namespaces
+//! built by `tests/e2e/netboot.sh`.
+//!
+//! Needs root, `qemu-system-x86_64`, `nasm`, `dnsmasq`, OVMF and Debian's
+//! `ipxe` package.  Without them each test prints `SKIPPED: ...` and passes,
+//! unless `CI=true`, where a missing prerequisite is a failure.
+//!
+//! Environment knobs:
+//! * `PIXIE_E2E_PCAP_DIR=DIR` — record `DIR/<flow>.pcap` (how
+//!   `tests/captures/` was made).
+//! * `PIXIE_E2E_SERVER=dnsmasq` — boot against the dnsmasq stand-in
+//!   (`tests/e2e/dnsmasq-proxy.sh`) instead of pixie, to check the harness.
+//! * `PIXIE_E2E_KEEP=1` — keep the work directory (logs) even on success.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+const CLIENT_MAC: &str = "52:54:00:77:00:10";
+const CLIENT_UUID: &str = "7e57c0de-0077-4000-8000-525400770010";
+const BRIDGE: &str = "e2e-br0";
+/// Harness timeout: QEMU start to marker.
+const BOOT_TIMEOUT_S: u64 = 120;
+/// Hard bound on one harness run (readiness + boot + teardown).
+const HARNESS_DEADLINE: Duration = Duration::from_secs(220);
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
+
+/// One QEMU at a time in this process; across processes, see `HostSlot`.
+static ONE_VM: Mutex<()> = Mutex::new(());
+
+struct Flow {
+    /// Also the pcap name under `PIXIE_E2E_PCAP_DIR`.
+    name: &'static str,
+    firmware: &'static str,
+    nic: &'static str,
+    nic_rom: &'static str,
+    marker: &'static str,
+    /// File names pixie must have decided for the client, in boot order.
+    decisions: &'static [&'static str],
+}
+
+const BIOS_IPXE: Flow = Flow {
+    name: "bios-ipxe-proxy",
+    firmware: "bios",
+    nic: "e1000",
+    nic_rom: "default",
+    marker: "PIXIE-NBP-OK",
+    decisions: &["pixie-bios.0"],
+};
+
+const UEFI_EDK2: Flow = Flow {
+    name: "uefi-edk2-proxy",
+    firmware: "uefi",
+    nic: "virtio-net-pci",
+    nic_rom: "none",
+    marker: "PIXIE-IPXE-OK",
+    decisions: &["ipxe.efi", "boot.ipxe"],
+};
+
+const UEFI_IPXE: Flow = Flow {
+    name: "uefi-ipxe-proxy",
+    firmware: "uefi",
+    nic: "e1000",
+    nic_rom: "default",
+    marker: "PIXIE-IPXE-OK",
+    decisions: &["boot.ipxe"],
+};
+
+#[test]
+fn bios_ipxe_rom_boots_our_nbp_via_proxydhcp() {
+    run_flow(&BIOS_IPXE);
+}
+
+#[test]
+fn uefi_edk2_pxe_chains_ipxe_efi_and_script_via_proxydhcp() {
+    run_flow(&UEFI_EDK2);
+}
+
+#[test]
+fn uefi_ipxe_rom_boots_script_via_proxydhcp() {
+    run_flow(&UEFI_IPXE);
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
+}
+
+/// PATH with the sbin directories (dnsmasq, ip and ss live there on Debian).
+fn search_path() -> String {
+    let mut path = std::env::var("PATH").unwrap_or_default();
+    for dir in ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        if !path.split(':').any(|p| p == dir) {
+            if !path.is_empty() {
+                path.push(':');
+            }
+            path.push_str(dir);
+        }
+    }
+    path
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    search_path().split(':').map(|d| Path::new(d).join(name)).find(|p| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    })
+}
+
+/// Why this flow cannot run here, if it cannot.
+fn missing_prerequisite(flow: &Flow) -> Option<String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (network namespaces and tap devices need root)".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun missing".into());
+    }
+    for (tool, package) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("nasm", "nasm"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("ip", "iproute2"),
+        ("ss", "iproute2"),
+        ("setsid", "util-linux"),
+        ("bash", "bash"),
+    ] {
+        if find_tool(tool).is_none() {
+            return Some(format!("{tool} not found (apt-get install {package})"));
+        }
+    }
+    if std::env::var_os("PIXIE_E2E_PCAP_DIR").is_some() && find_tool("tcpdump").is_none() {
+        return Some("PIXIE_E2E_PCAP_DIR is set but tcpdump is missing".into());
+    }
+    // QEMU's default e1000 ROM (iPXE, BIOS + EFI), from ipxe-qemu.
+    let roms = ["/usr/lib/ipxe/qemu/efi-e1000.rom", "/usr/share/qemu/efi-e1000.rom"];
+    if flow.nic_rom == "default" && !roms.iter().any(|r| Path::new(r).exists()) {
+        return Some("QEMU's efi-e1000.rom missing (apt-get install ipxe-qemu)".into());
+    }
+    if flow.firmware == "uefi" {
+        for f in [OVMF_CODE, OVMF_VARS] {
+            if !Path::new(f).exists() {
+                return Some(format!("{f} missing (apt-get install ovmf)"));
+            }
+        }
+    }
+    if flow.decisions.contains(&"ipxe.efi") && !Path::new(IPXE_EFI).exists() {
+        return Some(format!("{IPXE_EFI} missing (apt-get install ipxe)"));
+    }
+    None
+}
+
+/// At most two QEMU VMs on this host at once, across test processes and
+/// worktrees: hold an flock on one of two slot files for the run.
+struct HostSlot(#[allow(dead_code)] fs::File);
+
+fn host_slot() -> HostSlot {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        for i in 0..2 {
+            let path = format!("/tmp/pixie-e2e-qemu-slot{i}.lock");
+            let Ok(file) = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+            else {
+                continue;
+            };
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return HostSlot(file);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no free QEMU slot (/tmp/pixie-e2e-qemu-slot*.lock) after 900 s"
+        );
+        sleep(Duration::from_millis(500));
+    }
+}
+
+/// Assemble the NBP and stage the boot files into a fresh TFTP root.
+fn build_tftp_root(dir: &Path) {
+    let src = manifest_dir().join("tests/e2e");
+    let out = Command::new(find_tool("nasm").expect("nasm"))
+        .args(["-f", "bin", "-o"])
+        .arg(dir.join("pixie-bios.0"))
+        .arg(src.join("nbp/bios.asm"))
+        .output()
+        .expect("run nasm");
+    assert!(
+        out.status.success(),
+        "nasm failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::copy(src.join("ipxe/boot.ipxe"), dir.join("boot.ipxe")).expect("copy boot.ipxe");
+    if Path::new(IPXE_EFI).exists() {
+        fs::copy(IPXE_EFI, dir.join("ipxe.efi")).expect("copy ipxe.efi");
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod tftp root");
+}
+
+fn server_command(tftp_root: &Path, dnsmasq: bool) -> Vec<String> {
+    let e2e = manifest_dir().join("tests/e2e");
+    if dnsmasq {
+        return vec![
+            e2e.join("dnsmasq-proxy.sh").display().to_string(),
+            tftp_root.display().to_string(),
+        ];
+    }
+    vec![
+        env!("CARGO_BIN_EXE_pixie").to_string(),
+        "serve".into(),
+        "--interface".into(),
+        BRIDGE.into(),
+        "--scripts".into(),
+        e2e.join("scripts").display().to_string(),
+        "--plugins".into(),
+        e2e.join("plugins").display().to_string(),
+        "--tftp-root".into(),
+        tftp_root.display().to_string(),
+        "--dhcp-mode".into(),
+        "proxy".into(),
+    ]
+}
+
+/// Remove ANSI escape sequences (tracing's colours, firmware consoles).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn read_lossy(path: &Path) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        let _ = f.read_to_end(&mut bytes);
+    }
+    strip_ansi(&String::from_utf8_lossy(&bytes))
+}
+
+/// The INFO line pixie logs for its decision on `mac` with `filename`.
+fn decision_line<'a>(log: &'a str, mac: &str, filename: &str) -> Option<&'a str> {
+    log.lines().find(|line| {
+        let plain = line.replace('"', "");
+        plain.contains("INFO")
+            && plain.contains(&format!("mac={mac}"))
+            && plain.contains("decision")
+            && plain.contains(&format!("filename={filename}"))
+    })
+}
+
+fn run_flow(flow: &Flow) {
+    if let Some(why) = missing_prerequisite(flow) {
+        if in_ci() {
+            panic!("{}: prerequisite missing with CI=true: {why}", flow.name);
+        }
+        eprintln!("SKIPPED: {}: {why}", flow.name);
+        return;
+    }
+    let use_dnsmasq = std::env::var("PIXIE_E2E_SERVER").map(|v| v == "dnsmasq").unwrap_or(false);
+
+    let _vm = ONE_VM.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _slot = host_slot();
+
+    let tftp_root = tempfile::Builder::new().prefix("pixie-e2e-root.").tempdir().expect("tempdir");
+    build_tftp_root(tftp_root.path());
+    let workdir = tempfile::Builder::new().prefix("pixie-e2e-work.").tempdir().expect("tempdir");
+    let harness_log = workdir.path().join("harness.log");
+
+    let mut cmd = Command::new("bash");
+    cmd.arg(manifest_dir().join("tests/e2e/netboot.sh"))
+        .args(["--firmware", flow.firmware, "--nic", flow.nic, "--nic-rom", flow.nic_rom])
+        .args(["--marker", flow.marker, "--mac", CLIENT_MAC, "--uuid", CLIENT_UUID])
+        .args(["--timeout", &BOOT_TIMEOUT_S.to_string()])
+        .arg("--workdir")
+        .arg(workdir.path());
+    if let Some(dir) = std::env::var_os("PIXIE_E2E_PCAP_DIR") {
+        let dir = PathBuf::from(dir);
+        fs::create_dir_all(&dir).expect("create PIXIE_E2E_PCAP_DIR");
+        cmd.arg("--pcap").arg(dir.join(format!("{}.pcap", flow.name)));
+    }
+    cmd.arg("--").args(server_command(tftp_root.path(), use_dnsmasq));
+    cmd.env("PATH", search_path())
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&harness_log).expect("harness log"))
+        .stderr(fs::File::create(workdir.path().join("harness.err")).expect("harness err"));
+
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("start tests/e2e/netboot.sh");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for harness") {
+            break status;
+        }
+        if started.elapsed() > HARNESS_DEADLINE {
+            // The harness bounds its own waits; this is the last resort.
+            // SIGTERM lets its trap tear the namespaces down.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let grace = Instant::now();
+            while child.try_wait().ok().flatten().is_none() && grace.elapsed() < Duration::from_secs(20) {
+                sleep(Duration::from_millis(200));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let kept = workdir.keep();
+            panic!(
+                "{}: harness did not finish within {:?}; logs in {}",
+                flow.name,
+                HARNESS_DEADLINE,
+                kept.display()
+            );
+        }
+        sleep(Duration::from_millis(200));
+    };
+    let elapsed = started.elapsed();
+
+    let out = read_lossy(&harness_log);
+    let err = read_lossy(&workdir.path().join("harness.err"));
+    let serial = read_lossy(&workdir.path().join("serial.log"));
+    let server_log = read_lossy(&workdir.path().join("server.log"));
+    eprintln!("=== {} ({:.1}s) ===\n{out}{err}", flow.name, elapsed.as_secs_f64());
+
+    let mut problems = Vec::new();
+    if !status.success() {
+        problems.push(format!("netboot.sh exited with {status}"));
+    }
+    if !out.contains(&format!("PASS: '{}'", flow.marker)) {
+        problems.push("harness did not report PASS".into());
+    }
+    if !serial.contains(flow.marker) {
+        problems.push(format!("marker {} not on the serial console", flow.marker));
+    }
+    if !use_dnsmasq {
+        for file in flow.decisions {
+            if decision_line(&server_log, CLIENT_MAC, file).is_none() {
+                problems.push(format!(
+                    "server.log has no INFO line with mac={CLIENT_MAC}, 'decision' and filename={file}"
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() || std::env::var_os("PIXIE_E2E_KEEP").is_some() {
+        let kept = workdir.keep();
+        assert!(
+            problems.is_empty(),
+            "{}: {}\n--- server.log ---\n{}\nlogs kept in {}",
+            flow.name,
+            problems.join("; "),
+            server_log,
+            kept.display()
+        );
+        eprintln!("{}: logs kept in {}", flow.name, kept.display());
+    }
+}
+
+#[test]
+fn decision_line_matcher() {
+    let log = "2025-01-01T00:00:00Z  INFO pixie::dhcpv4: decision mac=52:54:00:77:00:10 phase=discover filename=\"pixie-bios.0\"\n\
+               2025-01-01T00:00:00Z  INFO pixie::dhcpv4: decision mac=52:54:00:77:00:11 filename=boot.ipxe\n";
+    assert!(decision_line(log, CLIENT_MAC, "pixie-bios.0").is_some());
+    assert!(decision_line(log, CLIENT_MAC, "boot.ipxe").is_none());
+    assert_eq!(strip_ansi("\u{1b}[3mmac\u{1b}[0m\u{1b}[2m=\u{1b}[0mx"), "mac=x");
+}
