@@ -464,7 +464,7 @@ async fn client_error_aborts_mid_transfer() {
 }
 
 #[tokio::test]
-async fn duplicate_ack_and_stranger() {
+async fn duplicate_ack_and_stranger_send_nothing() {
     let s = start().await;
     let c = Client::new(s.addr).await;
     c.rrq("big.bin", Mode::Octet, &[]).await;
@@ -473,13 +473,35 @@ async fn duplicate_ack_and_stranger() {
     let _ = c.expect().await; // DATA 2
     c.sock.send_to(&Packet::Ack(1).to_vec(), tid).await.unwrap();
     assert_eq!(c.recv(Duration::from_millis(300)).await, None, "duplicate ACK sends nothing");
-    // Another port writing to the transfer gets ERROR 5; the transfer goes on.
+    // Another port writing to the transfer is ignored (the transfer socket is connected); the
+    // transfer goes on.
     let stranger = Client::new(tid).await;
     stranger.sock.send_to(&Packet::Ack(2).to_vec(), tid).await.unwrap();
-    assert_eq!(stranger.expect_error().await.0, ErrorCode::UnknownTid);
+    assert_eq!(stranger.recv(Duration::from_millis(300)).await, None);
     c.sock.send_to(&Packet::Ack(2).to_vec(), tid).await.unwrap();
     let (p, _) = c.expect().await;
     assert!(matches!(Packet::parse(&p).unwrap(), Packet::Data { block: 3, .. }));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn vanished_client_ends_the_transfer_at_once() {
+    let s = start_with("127.0.0.1:0", |c| {
+        c.retries = 50;
+        c.max_per_client = 1;
+    })
+    .await;
+    let c = Client::new(s.addr).await;
+    c.rrq("big.bin", Mode::Octet, &[]).await;
+    c.expect().await;
+    drop(c);
+    // The re-send of DATA 1 after 1 s meets a closed port: ICMP port unreachable ends the
+    // transfer and frees the client's only slot, instead of 50 more retries.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = Client::new(s.addr).await;
+    c.rrq("small.bin", Mode::Octet, &[]).await;
+    let (first, _) = c.expect().await;
+    assert!(matches!(Packet::parse(&first).unwrap(), Packet::Data { block: 1, .. }));
     s.stop().await;
 }
 

@@ -247,6 +247,14 @@ impl Job {
                 return;
             }
         };
+        // Connected: the kernel drops datagrams from other transfer IDs (as tftpd-hpa's
+        // connected sockets do; RFC 1350's ERROR 5 to them is a "should"), skips a route lookup
+        // per packet, and reports ICMP port unreachable, so a vanished client ends the transfer
+        // at once instead of after all retries.
+        if let Err(e) = sock.connect(self.client).await {
+            warn!("cannot connect a transfer socket to the client: {e}");
+            return;
+        }
         let mac = self.shared.clients.lookup(self.client.ip());
         if let Some(m) = &mac {
             span.record("mac", tracing::field::display(m));
@@ -258,7 +266,7 @@ impl Job {
         let prepared = match prepared {
             Ok(p) => p,
             Err((code, msg)) => {
-                let _ = sock.send_to(&error_packet(code, msg), self.client).await;
+                let _ = sock.send(&error_packet(code, msg)).await;
                 return;
             }
         };
@@ -386,9 +394,13 @@ impl Job {
         tokio::pin!(cancelled);
         loop {
             while let Some(pkt) = t.poll_transmit() {
-                if let Err(e) = sock.send_to(pkt, self.client).await {
+                match sock.send(pkt).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        t.abandon(Failure::Unreachable);
+                    }
                     // Treated as a lost packet: the retransmission timer covers it.
-                    debug!("send failed: {e}");
+                    Err(e) => debug!("send failed: {e}"),
                 }
             }
             if !t.is_running() {
@@ -397,13 +409,9 @@ impl Job {
             tokio::select! {
                 biased;
                 _ = &mut cancelled => t.cancel(),
-                r = sock.recv_from(&mut buf) => match r {
-                    Ok((n, from)) if from == self.client => t.on_packet(&buf[..n], Instant::now()),
-                    Ok((_, from)) => {
-                        // RFC 1350: a packet from a wrong transfer ID gets ERROR 5; ours goes on.
-                        debug!(stranger = %from, "packet from an unknown transfer ID");
-                        let _ = sock.send_to(&error_packet(ErrorCode::UnknownTid, "unknown transfer ID"), from).await;
-                    }
+                r = sock.recv(&mut buf) => match r {
+                    Ok(n) => t.on_packet(&buf[..n], Instant::now()),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => t.abandon(Failure::Unreachable),
                     Err(e) => debug!("receive failed: {e}"),
                 },
                 _ = &mut sleep => {

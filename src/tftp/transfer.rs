@@ -63,6 +63,8 @@ pub enum Failure {
     Read(String),
     /// The server shut down; an ERROR 0 went to the client.
     Cancelled,
+    /// The client's port is closed (ICMP port unreachable): it went away.
+    Unreachable,
 }
 
 impl fmt::Display for Failure {
@@ -72,6 +74,7 @@ impl fmt::Display for Failure {
             Failure::TimedOut { acked } => write!(f, "client silent after block {acked}, gave up"),
             Failure::Read(e) => write!(f, "read error: {e}"),
             Failure::Cancelled => f.write_str("server shutting down"),
+            Failure::Unreachable => f.write_str("client port unreachable, client gone"),
         }
     }
 }
@@ -294,6 +297,13 @@ impl Transfer {
     pub fn cancel(&mut self) {
         if self.is_running() {
             self.fail_with_error(Failure::Cancelled, ErrorCode::NotDefined, "server shutting down");
+        }
+    }
+
+    /// Ends the transfer without sending anything more (e.g. the client's port is unreachable).
+    pub fn abandon(&mut self, why: Failure) {
+        if self.is_running() {
+            self.finish(Status::Failed(why));
         }
     }
 
@@ -759,6 +769,16 @@ mod tests {
         let out = drain(&mut t);
         assert_eq!(out, vec![wire::error_packet(ErrorCode::NotDefined, "read error")]);
         assert!(matches!(t.status(), Status::Failed(Failure::Read(_))));
+    }
+
+    #[test]
+    fn abandon_sends_nothing() {
+        let (mut t, now) = start(&data(5000), 512, 1, &[("tsize", "5000")]);
+        t.abandon(Failure::Unreachable);
+        assert!(drain(&mut t).is_empty());
+        t.on_timeout(now + T);
+        assert!(drain(&mut t).is_empty());
+        assert_eq!(t.status(), &Status::Failed(Failure::Unreachable));
     }
 
     #[test]
