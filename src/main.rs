@@ -140,10 +140,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PIXIE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let filter = EnvFilter::try_from_env("PIXIE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 fn load_config(path: Option<&Path>, ov: &Overrides) -> Result<Config, Failure> {
@@ -168,7 +170,7 @@ fn rhai_config(cfg: &Config) -> RhaiConfig {
 }
 
 fn serve(a: ServeArgs) -> Result<(), Failure> {
-    init_logging();
+    init_logging("info");
     let ov = Overrides {
         interfaces: a.interfaces,
         listen: a.listen,
@@ -221,6 +223,7 @@ fn dirs_config(d: &PolicyDirs) -> Result<Config, Failure> {
 }
 
 fn check(d: PolicyDirs) -> Result<(), Failure> {
+    init_logging("warn");
     let cfg = dirs_config(&d)?;
     match prhai::check(&cfg.scripts, &cfg.plugins) {
         Ok(report) => {
@@ -239,6 +242,7 @@ fn check(d: PolicyDirs) -> Result<(), Failure> {
 }
 
 fn simulate(a: SimulateArgs) -> Result<(), Failure> {
+    init_logging("info");
     let cfg = dirs_config(&a.dirs)?;
     let phase = Phase::from_name(&a.phase).ok_or_else(|| {
         Failure(format!("'{}' is not a phase (discover, request, inform, proxy-4011, solicit, request6)", a.phase), 2)

@@ -164,7 +164,7 @@ async fn handle(sock: &PktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4
     let d = match decision {
         Decision::Ignore => {
             ctx.stats.ignored.fetch_add(1, Ordering::Relaxed);
-            info!(phase = phase.as_str(), %arch, "decision: ignore (the policy stays silent for this client)");
+            info!(phase = %phase.as_str(), %arch, "decision: ignore (the policy stays silent for this client)");
             return;
         }
         Decision::Boot(d) => d,
@@ -183,12 +183,12 @@ async fn handle(sock: &PktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4
         return;
     }
     info!(
-        phase = phase.as_str(),
+        phase = %phase.as_str(),
         %arch,
-        filename = d.filename.as_deref().unwrap_or(""),
+        filename = %d.filename.as_deref().unwrap_or(""),
         next_server = %reply.siaddr,
         %to,
-        interface = iface.as_deref().unwrap_or("?"),
+        interface = %iface.as_deref().unwrap_or("?"),
         "decision"
     );
     match sock.send(&bytes, to, Some(IpAddr::V4(server_ip)), info.ifindex).await {
@@ -205,7 +205,9 @@ async fn handle(sock: &PktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4
 /// Asks the policy off the reactor; a failure or timeout gives the fallback, logged.
 pub async fn ask_policy(ctx: &Context, req: BootRequest) -> Decision {
     let policy = ctx.policy.clone();
-    let call = tokio::task::spawn_blocking(move || policy.boot(&req));
+    // The blocking pool does not inherit the span: carry it so script logs name the client.
+    let span = tracing::Span::current();
+    let call = tokio::task::spawn_blocking(move || span.in_scope(|| policy.boot(&req)));
     match tokio::time::timeout(ctx.policy_timeout, call).await {
         Ok(Ok(Ok(d))) => d,
         Ok(Ok(Err(e))) => {
