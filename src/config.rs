@@ -47,6 +47,8 @@ pub struct ServerSection {
     /// Interfaces to serve (`SO_BINDTODEVICE`); empty = not tied to an interface.
     #[serde(default)]
     pub interfaces: Vec<String>,
+    /// Folder for state that survives restarts (leases, the per-host store): `pixie.db` in it.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `[dhcp]`.
@@ -130,6 +132,8 @@ pub struct Config {
     pub listen: IpAddr,
     /// Interfaces to tie listeners to (one socket set per interface); empty = one unbound set.
     pub interfaces: Vec<String>,
+    /// State folder (`pixie.db`: leases and the per-host store, SQLite in WAL mode).
+    pub state_dir: PathBuf,
     /// DHCPv4 mode.
     pub dhcp_mode: DhcpMode,
     /// DHCP port.
@@ -208,6 +212,8 @@ pub struct Overrides {
     pub plugins: Option<PathBuf>,
     /// `--tftp-root`.
     pub tftp_root: Option<PathBuf>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
     /// `--dhcp-mode`.
     pub dhcp_mode: Option<DhcpMode>,
     /// `--dhcp-port`.
@@ -294,6 +300,7 @@ impl Config {
         Ok(Config {
             listen,
             interfaces,
+            state_dir: ov.state_dir.clone().unwrap_or_else(|| resolve(f.server.state_dir.unwrap_or("state".into()))),
             dhcp_mode,
             dhcp_port: port(ov.dhcp_port, f.dhcp.port, STANDARD_DHCP_PORT),
             pxe_port: port(ov.pxe_port, f.dhcp.pxe_port, STANDARD_PXE_PORT),
@@ -326,6 +333,7 @@ impl Config {
 pub const SHIPPED_DEFAULTS: &str = r#"
 [server]
 listen = "127.0.0.1"
+state_dir = "state"
 [dhcp]
 mode = "proxy"
 port = 6767

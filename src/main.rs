@@ -77,6 +77,9 @@ struct ServeArgs {
     /// Address to bind.
     #[arg(long)]
     listen: Option<IpAddr>,
+    /// Folder for state that survives restarts (pixie.db).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +180,7 @@ fn serve(a: ServeArgs) -> Result<(), Failure> {
         scripts: a.scripts,
         plugins: a.plugins,
         tftp_root: a.tftp_root,
+        state_dir: a.state_dir,
         dhcp_mode: a.dhcp_mode.map(|m| m.parse::<DhcpMode>()).transpose().map_err(|e| Failure(e, 2))?,
         dhcp_port: a.dhcp_port,
         pxe_port: a.pxe_port,

@@ -155,7 +155,8 @@ async fn handle(sock: &PktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4
         }
     };
     let iface = ifname(info.ifindex);
-    let req = BootRequest::from_dhcpv4(&pkt, phase, iface.clone(), Some(from));
+    let mut req = BootRequest::from_dhcpv4(&pkt, phase, iface.clone(), Some(from));
+    req.server = Some(IpAddr::V4(server_ip));
     if let Some(ip) = req.client_ip.or_else(|| (!from.ip().is_unspecified()).then_some(from.ip())) {
         ctx.clients.record(ip, req.mac.clone());
     }

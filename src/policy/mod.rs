@@ -217,6 +217,8 @@ pub struct BootRequest {
     pub source: Option<SocketAddr>,
     /// Client's own address (ciaddr), when it has one.
     pub client_ip: Option<IpAddr>,
+    /// pixie's own address on the interface the request came in on (the default next server).
+    pub server: Option<IpAddr>,
     /// Every option as raw bytes, keyed by option code (v4 codes 0–255, v6 codes 0–65535).
     pub options: BTreeMap<u16, Vec<u8>>,
 }
@@ -241,6 +243,7 @@ impl BootRequest {
             interface: None,
             source: None,
             client_ip: None,
+            server: None,
             options: BTreeMap::new(),
         }
     }
@@ -273,6 +276,7 @@ impl BootRequest {
             interface,
             source,
             client_ip: (!pkt.ciaddr.is_unspecified()).then_some(IpAddr::V4(pkt.ciaddr)),
+            server: None,
             options: pkt.options.iter().map(|(c, v)| (u16::from(*c), v.clone())).collect(),
         }
     }

@@ -39,6 +39,7 @@ pub(crate) const BOOT_FIELDS: &[&str] = &[
     "family",
     "phase",
     "client_ip",
+    "server",
 ];
 
 /// Names of the fields of `req` in `fn tftp(req)` / `fn http(req)`.
@@ -112,6 +113,7 @@ pub(crate) fn boot_field(r: &BootRequest, name: &str) -> Option<Dynamic> {
         "family" => r.family.as_str().into(),
         "phase" => r.phase.as_str().into(),
         "client_ip" => ip_or_empty(r.client_ip),
+        "server" => ip_or_empty(r.server),
         _ => return None,
     })
 }

@@ -29,7 +29,7 @@
 //! | `http`, `ipxe`, `pxe` | UEFI HTTP boot client; iPXE; option 60 starts with `PXEClient` |
 //! | `vendor_class`, `hostname`, `interface` | strings, `""` if absent |
 //! | `user_class` / `user_classes` | first user class (`""` if none) / all of them |
-//! | `relay`, `client_ip` | addresses as strings, `""` if none |
+//! | `relay`, `client_ip`, `server` | addresses as strings (`server`: pixie's own address on the receiving interface), `""` if none |
 //! | `circuit_id`, `remote_id` | option 82 sub-options 1/2, lossy UTF-8, `""` if none |
 //! | `family`, `phase` | `v4`/`v6`; `discover`, `request`, `proxy-4011`, `solicit`, … |
 //! | `req.option(n)` | raw bytes of option `n` as a blob, `()` if absent |

@@ -677,6 +677,7 @@ fn the_default_policy_chainloads_ipxe() {
     let mut http = BootRequest::new_v4(mac(), Phase::Discover);
     http.arches = vec![Arch::X64UefiHttp];
     http.vendor_class = Some("HTTPClient:Arch:00016:UNDI:003001".into());
+    http.server = Some("192.0.2.10".parse().unwrap());
     let d = boot_decision(&p, &http);
     assert_eq!(d.filename.as_deref(), Some("http://192.0.2.10/ipxe.efi"));
     assert_eq!(
