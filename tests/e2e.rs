@@ -47,6 +47,10 @@ struct Flow {
     marker: &'static str,
     /// File names pixie must have decided for the client, in boot order.
     decisions: &'static [&'static str],
+    /// Policy folder under `tests/e2e/` (`scripts`, or `scripts-4011`).
+    scripts: &'static str,
+    /// The phase the decisions must be logged in (`discover` or `proxy-4011`).
+    phase: &'static str,
 }
 
 const BIOS_IPXE: Flow = Flow {
@@ -56,6 +60,8 @@ const BIOS_IPXE: Flow = Flow {
     nic_rom: "default",
     marker: "PIXIE-NBP-OK",
     decisions: &["pixie-bios.0"],
+    scripts: "scripts",
+    phase: "discover",
 };
 
 const UEFI_EDK2: Flow = Flow {
@@ -65,6 +71,8 @@ const UEFI_EDK2: Flow = Flow {
     nic_rom: "none",
     marker: "PIXIE-IPXE-OK",
     decisions: &["ipxe.efi", "boot.ipxe"],
+    scripts: "scripts",
+    phase: "discover",
 };
 
 const UEFI_IPXE: Flow = Flow {
@@ -74,7 +82,37 @@ const UEFI_IPXE: Flow = Flow {
     nic_rom: "default",
     marker: "PIXIE-IPXE-OK",
     decisions: &["boot.ipxe"],
+    scripts: "scripts",
+    phase: "discover",
 };
+
+/// The same BIOS boot, but the policy leaves the boot file out of the OFFER (phase
+/// `discover`) and gives it only on port 4011: BIOS iPXE must ask the boot server port.
+const BIOS_IPXE_4011: Flow = Flow {
+    name: "bios-ipxe-proxy-4011",
+    scripts: "scripts-4011",
+    phase: "proxy-4011",
+    ..BIOS_IPXE
+};
+
+/// EDK2 asks port 4011 from source port 4011 (with ciaddr), then the chain-loaded iPXE-EFI
+/// asks it from port 68 with its DHCP xid: both shapes of 4011 request, from real firmware.
+const UEFI_EDK2_4011: Flow = Flow {
+    name: "uefi-edk2-proxy-4011",
+    scripts: "scripts-4011",
+    phase: "proxy-4011",
+    ..UEFI_EDK2
+};
+
+#[test]
+fn bios_ipxe_rom_boots_via_the_4011_boot_server() {
+    run_flow(&BIOS_IPXE_4011);
+}
+
+#[test]
+fn uefi_edk2_and_ipxe_efi_boot_via_the_4011_boot_server() {
+    run_flow(&UEFI_EDK2_4011);
+}
 
 #[test]
 fn bios_ipxe_rom_boots_our_nbp_via_proxydhcp() {
@@ -213,7 +251,7 @@ fn build_tftp_root(dir: &Path) {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod tftp root");
 }
 
-fn server_command(tftp_root: &Path, dnsmasq: bool) -> Vec<String> {
+fn server_command(tftp_root: &Path, dnsmasq: bool, scripts: &str) -> Vec<String> {
     let e2e = manifest_dir().join("tests/e2e");
     if dnsmasq {
         return vec![
@@ -227,7 +265,7 @@ fn server_command(tftp_root: &Path, dnsmasq: bool) -> Vec<String> {
         "--interface".into(),
         BRIDGE.into(),
         "--scripts".into(),
-        e2e.join("scripts").display().to_string(),
+        e2e.join(scripts).display().to_string(),
         "--plugins".into(),
         e2e.join("plugins").display().to_string(),
         "--tftp-root".into(),
@@ -269,13 +307,14 @@ fn read_lossy(path: &Path) -> String {
 }
 
 /// The INFO line pixie logs for its decision on `mac` with `filename`.
-fn decision_line<'a>(log: &'a str, mac: &str, filename: &str) -> Option<&'a str> {
+fn decision_line<'a>(log: &'a str, mac: &str, filename: &str, phase: &str) -> Option<&'a str> {
     log.lines().find(|line| {
         let plain = line.replace('"', "");
         plain.contains("INFO")
             && plain.contains(&format!("mac={mac}"))
             && plain.contains("decision")
             && plain.contains(&format!("filename={filename}"))
+            && plain.contains(&format!("phase={phase}"))
     })
 }
 
@@ -309,7 +348,7 @@ fn run_flow(flow: &Flow) {
         fs::create_dir_all(&dir).expect("create PIXIE_E2E_PCAP_DIR");
         cmd.arg("--pcap").arg(dir.join(format!("{}.pcap", flow.name)));
     }
-    cmd.arg("--").args(server_command(tftp_root.path(), use_dnsmasq));
+    cmd.arg("--").args(server_command(tftp_root.path(), use_dnsmasq, flow.scripts));
     cmd.env("PATH", search_path())
         .env("NO_COLOR", "1")
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -364,9 +403,10 @@ fn run_flow(flow: &Flow) {
     }
     if !use_dnsmasq {
         for file in flow.decisions {
-            if decision_line(&server_log, CLIENT_MAC, file).is_none() {
+            if decision_line(&server_log, CLIENT_MAC, file, flow.phase).is_none() {
                 problems.push(format!(
-                    "server.log has no INFO line with mac={CLIENT_MAC}, 'decision' and filename={file}"
+                    "server.log has no INFO line with mac={CLIENT_MAC}, 'decision', filename={file} and phase={}",
+                    flow.phase
                 ));
             }
         }
@@ -389,7 +429,8 @@ fn run_flow(flow: &Flow) {
 fn decision_line_matcher() {
     let log = "2025-01-01T00:00:00Z  INFO pixie::dhcpv4: decision mac=52:54:00:77:00:10 phase=discover filename=\"pixie-bios.0\"\n\
                2025-01-01T00:00:00Z  INFO pixie::dhcpv4: decision mac=52:54:00:77:00:11 filename=boot.ipxe\n";
-    assert!(decision_line(log, CLIENT_MAC, "pixie-bios.0").is_some());
-    assert!(decision_line(log, CLIENT_MAC, "boot.ipxe").is_none());
+    assert!(decision_line(log, CLIENT_MAC, "pixie-bios.0", "discover").is_some());
+    assert!(decision_line(log, CLIENT_MAC, "pixie-bios.0", "proxy-4011").is_none());
+    assert!(decision_line(log, CLIENT_MAC, "boot.ipxe", "discover").is_none());
     assert_eq!(strip_ansi("\u{1b}[3mmac\u{1b}[0m\u{1b}[2m=\u{1b}[0mx"), "mac=x");
 }
