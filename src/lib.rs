@@ -24,5 +24,6 @@ pub mod dhcpv4;
 pub mod net;
 pub mod policy;
 pub mod server;
+pub mod store;
 pub mod tftp;
 pub mod wire;
