@@ -343,7 +343,7 @@ pub fn load(dir: &Path) -> Result<Suite, CasesError> {
     }
     let rel = |p: &Option<PathBuf>, default: &str| {
         let p = p.clone().unwrap_or_else(|| default.into());
-        if p.is_absolute() { p } else { dir.join(p) }
+        normalize(&if p.is_absolute() { p } else { dir.join(p) })
     };
     Ok(Suite {
         scripts: rel(&parsed.policy.scripts, "scripts"),
@@ -351,6 +351,25 @@ pub fn load(dir: &Path) -> Result<Suite, CasesError> {
         file,
         cases,
     })
+}
+
+/// `a/b/../c` → `a/c`, without touching the file system (for readable paths in messages).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// The result of one case.
@@ -564,7 +583,7 @@ fn file_request(c: &Case, protocol: &'static str, path: &str) -> Result<FileRequ
         path: path.to_string(),
         client: SocketAddr::new(client, 49152),
         local: server.map(|s| SocketAddr::new(s, port)),
-        mac: c.mac.as_deref().map(|m| parse("mac", m)).transpose()?,
+        mac: c.mac.as_deref().filter(|m| !m.is_empty()).map(|m| parse("mac", m)).transpose()?,
         options: BTreeMap::new(),
     })
 }
@@ -778,15 +797,21 @@ fn check_file(e: &Expect, r: Result<FileDecision, PolicyError>, fails: &mut Vec<
             None => fails.push(diff("content", &q(want), &got)),
         }
     }
-    for want in e.contains.iter().flatten() {
+    let missing: Vec<&String> = e
+        .contains
+        .iter()
+        .flatten()
+        .filter(|w| !content.as_deref().is_some_and(|c| c.contains(w.as_str())))
+        .collect();
+    if !missing.is_empty() {
+        let want: Vec<String> = missing.iter().map(|w| q(w)).collect();
         match &content {
-            Some(c) if c.contains(want.as_str()) => {}
             Some(c) => fails.push(format!(
                 "content: expected to contain {}\n         got:\n{}",
-                q(want),
+                want.join("\n                     and "),
                 indent(c)
             )),
-            None => fails.push(diff("content", &format!("generated content containing {}", q(want)), &got)),
+            None => fails.push(diff("content", &format!("generated content containing {}", want.join(" and ")), &got)),
         }
     }
 }
