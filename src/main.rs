@@ -208,6 +208,7 @@ fn serve(a: ServeArgs) -> Result<(), Failure> {
     }
     let policy = RhaiPolicy::load(rhai_config(&cfg))
         .map_err(|r| Failure(format!("the policy does not compile:\n{r}"), 1))?;
+    workbench_cli::serve_store(&policy, &cfg.state_dir)?;
     let policy = Arc::new(policy);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

@@ -116,6 +116,16 @@ pub(crate) fn connect_store(policy: &RhaiPolicy, dir: Option<&Path>) -> Result<(
     Ok(())
 }
 
+/// `pixie serve`: scripts' store.get/set/del go to `<state_dir>/pixie.db`.
+pub(crate) fn serve_store(policy: &RhaiPolicy, state_dir: &Path) -> Result<(), Failure> {
+    let s = SqliteStore::open(state_dir).map_err(|e| {
+        Failure(format!("{e} (the per-host store; set [server] state_dir or --state-dir)"), 1)
+    })?;
+    tracing::info!(db = %s.path().display(), generation = policy.generation(), "policy loaded; per-host store ready");
+    policy.set_store(Arc::new(s));
+    Ok(())
+}
+
 fn parse_at(at: Option<&str>) -> Result<Option<chrono::DateTime<chrono::FixedOffset>>, Failure> {
     at.map(|at| {
         chrono::DateTime::parse_from_rfc3339(at).map_err(|e| {
