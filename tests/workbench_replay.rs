@@ -44,9 +44,13 @@ fn rows(expected: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
     expected.iter().map(|(a, p, d)| (a.to_string(), p.to_string(), d.to_string())).collect()
 }
 
+/// `../shared/fixtures` beside the checkout (or beside a worktree's parent folder), or
+/// `$PIXIE_SHARED_FIXTURES`.
 fn shared_fixtures() -> Option<PathBuf> {
-    let d = root().join("../shared/fixtures");
-    d.is_dir().then_some(d)
+    let env = std::env::var_os("PIXIE_SHARED_FIXTURES").map(PathBuf::from);
+    env.into_iter()
+        .chain(["../shared/fixtures", "../../shared/fixtures"].map(|p| root().join(p)))
+        .find(|d| d.is_dir())
 }
 
 #[test]
