@@ -271,7 +271,7 @@ pub(crate) fn compile(
         let mut ast = match engine.compile(&text) {
             Ok(a) => a,
             Err(e) => {
-                diags.push(diag::from_parse_error(&file, &e));
+                diags.push(diag::from_parse_error_in(&file, &e, &text));
                 continue;
             }
         };
@@ -332,7 +332,7 @@ pub(crate) fn compile(
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 if let Err(e) = engine.compile(&text) {
-                    diags.push(diag::from_parse_error(&path.display().to_string(), &e));
+                    diags.push(diag::from_parse_error_in(&path.display().to_string(), &e, &text));
                 }
             }
             Err(e) => diags.push(Diagnostic::at(
