@@ -40,7 +40,10 @@ fn summary(rows: &[Value]) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn rows(expected: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+/// (arch, phase, decision) as expected.
+type Row = (&'static str, &'static str, &'static str);
+
+fn rows(expected: &[Row]) -> Vec<(String, String, String)> {
     expected.iter().map(|(a, p, d)| (a.to_string(), p.to_string(), d.to_string())).collect()
 }
 
@@ -62,7 +65,7 @@ fn replay_of_every_shared_fixture_gives_the_shipped_policys_decisions() {
     // What the shipped policy (scripts/boot.rhai) decides for each firmware request, in
     // proxyDHCP mode: DHCPREQUESTs on port 67 are the network DHCP server's.
     let skip = "skip";
-    let expected: &[(&str, &[(&str, &str, &str)])] = &[
+    let expected: &[(&str, &[Row])] = &[
         // SeaBIOS + iPXE ROM: iPXE already runs, so it gets its script.
         ("qemu-ipxe-bios-dnsmasq.pcap", &[("x86-bios", "discover", "boot.ipxe"), ("x86-bios", "discover", "boot.ipxe"), ("x86-bios", "request", skip)]),
         ("qemu-ipxe-bios-dnsmasq-proxy.pcap", &[("x86-bios", "discover", "boot.ipxe"), ("x86-bios", "request", skip), ("x86-bios", "proxy-4011", "boot.ipxe")]),
