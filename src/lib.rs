@@ -6,7 +6,7 @@
 //!
 //! | module | what it owns |
 //! |---|---|
-//! | [`wire`] | pure parse/emit of DHCPv4 (on `dhcproto`), PXE sub-options, TFTP packets and the IANA architecture registry. No sockets, no tokio, no Rhai. Fuzzed. |
+//! | [`wire`] | pure parse/emit of DHCPv4 (on `dhcproto`), PXE sub-options, TFTP packets, the IANA architecture registry, and a pcap/pcapng reader. No sockets, no tokio, no Rhai. Fuzzed. |
 //! | [`policy`] | the contract: [`policy::BootRequest`] in, [`policy::Decision`] out, behind the [`policy::Policy`] trait. [`policy::rhai`] is the only module that knows Rhai. |
 //! | [`net`] | UDP sockets that report and choose the interface of each datagram (`IP_PKTINFO`). |
 //! | [`clients`] | the one piece of state shared between protocol servers: which MAC was last seen at which address. |

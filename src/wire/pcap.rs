@@ -175,7 +175,7 @@ fn decode_frame(link: u32, f: &[u8], time: f64) -> Option<Datagram> {
             (et, f.get(off..)?, Some(mac))
         }
         LINK_SLL => (u16::from_be_bytes([*f.get(14)?, *f.get(15)?]), f.get(16..)?, None),
-        LINK_SLL2 => (u16::from_be_bytes([*f.get(0)?, *f.get(1)?]), f.get(20..)?, None),
+        LINK_SLL2 => (u16::from_be_bytes([*f.first()?, *f.get(1)?]), f.get(20..)?, None),
         LINK_RAW | LINK_IPV4 | LINK_IPV6 => {
             let v = f.first()? >> 4;
             (if v == 6 { 0x86dd } else { 0x0800 }, f, None)

@@ -1,0 +1,478 @@
+//! Socket tasks: the listener on port 69 and one task per transfer.
+//!
+//! The listener only classifies datagrams, enforces the transfer limits and spawns; everything
+//! that may block (the policy call, opening the file) runs inside the transfer's own task, on
+//! `spawn_blocking`, so one slow script or disk never delays other clients' requests.
+//! Each transfer owns its socket (its transfer ID), bound to the local address the request was
+//! sent to, and drives a [`Transfer`] state machine; this file is the thin glue between them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::Arc;
+use std::time::Instant;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use super::netascii::{converted_size, NetasciiReader};
+use super::options::{blksize_for_mtu, negotiate, Limits};
+use super::root::Root;
+use super::transfer::{Failure, Params, Status, Transfer};
+use super::TftpConfig;
+use crate::clients::ClientTable;
+use crate::net::{PktInfo, PktSocket};
+use crate::policy::{FileDecision, FileRequest, HwAddr, Policy};
+use crate::wire::tftp::{error_packet, ErrorCode, Mode, Packet, ParseError, Request};
+
+/// How long in-flight transfers get to send their shutdown ERROR before they are aborted.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// State every transfer task reads; immutable after start.
+#[derive(Debug)]
+struct Shared {
+    cfg: TftpConfig,
+    root: Root,
+    policy: Arc<dyn Policy>,
+    clients: ClientTable,
+    /// The listener's `SO_BINDTODEVICE`, copied onto every transfer socket.
+    device: Option<Vec<u8>>,
+}
+
+/// Serves TFTP read requests arriving on `socket` until `shutdown` is cancelled; then cancels the
+/// transfers in flight (each sends the client an ERROR 0 "server shutting down"), waits for them
+/// (at most 2 s) and returns.
+///
+/// Fails only at start, when the root cannot be opened; per-request problems are logged.
+pub async fn serve(
+    socket: PktSocket,
+    cfg: TftpConfig,
+    policy: Arc<dyn Policy>,
+    clients: ClientTable,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let root = Root::new(&cfg.root)?;
+    let device = SockRef::from(socket.inner()).device().ok().flatten();
+    info!(addr = %socket.local_addr()?, root = %root.path().display(), "TFTP server listening");
+    let shared = Arc::new(Shared { cfg, root, policy, clients, device });
+    let mut listener = Listener {
+        socket,
+        shared,
+        tasks: JoinSet::new(),
+        owners: HashMap::new(),
+        per_client: HashMap::new(),
+        shutdown: shutdown.clone(),
+    };
+    // A request larger than any TFTP packet is an error from `recv`, not a silent truncation.
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(done) = listener.tasks.join_next_with_id(), if !listener.tasks.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        if e.is_panic() {
+                            error!("TFTP transfer task panicked: {e}");
+                        }
+                        e.id()
+                    }
+                };
+                listener.release(id);
+            }
+            r = listener.socket.recv(&mut buf) => match r {
+                Ok((n, from, info)) => listener.on_datagram(&buf[..n], from, info).await,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => debug!("TFTP listener: {e}"),
+                Err(e) => {
+                    warn!("TFTP listener receive failed: {e}");
+                    // Do not spin on a persistent error.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+    // Transfers hold child tokens of `shutdown`: they are cancelled already.
+    let n = listener.tasks.len();
+    if n > 0 {
+        info!(transfers = n, "TFTP server stopping: cancelling transfers in flight");
+    }
+    let drained =
+        tokio::time::timeout(DRAIN_TIMEOUT, async { while listener.tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!("TFTP transfers did not stop within {DRAIN_TIMEOUT:?}; aborting them");
+        listener.tasks.abort_all();
+        while listener.tasks.join_next().await.is_some() {}
+    }
+    Ok(())
+}
+
+struct Listener {
+    socket: PktSocket,
+    shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+    owners: HashMap<tokio::task::Id, IpAddr>,
+    per_client: HashMap<IpAddr, usize>,
+    shutdown: CancellationToken,
+}
+
+impl Listener {
+    fn release(&mut self, id: tokio::task::Id) {
+        if let Some(ip) = self.owners.remove(&id) {
+            if let Some(n) = self.per_client.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_client.remove(&ip);
+                }
+            }
+        }
+    }
+
+    async fn reply_error(&self, to: SocketAddr, info: &PktInfo, code: ErrorCode, msg: &str) {
+        if to.port() == 0 {
+            return;
+        }
+        let pkt = error_packet(code, msg);
+        let src = reply_source(info);
+        let src = (!src.is_unspecified()).then_some(src);
+        if let Err(e) = self.socket.send(&pkt, to, src, info.ifindex).await {
+            debug!(client = %to, "cannot send TFTP error: {e}");
+        }
+    }
+
+    async fn on_datagram(&mut self, pkt: &[u8], from: SocketAddr, info: PktInfo) {
+        match Packet::parse(pkt) {
+            Ok(Packet::Rrq(req)) => self.on_rrq(req, from, info).await,
+            Ok(Packet::Wrq(req)) => {
+                warn!(client = %from, file = %String::from_utf8_lossy(&req.filename), "TFTP write refused: read-only server");
+                self.reply_error(from, &info, ErrorCode::AccessViolation, "read-only server").await;
+            }
+            // Never answer an error with an error.
+            Ok(Packet::Error { .. }) => {}
+            Ok(_) => {
+                debug!(client = %from, "TFTP DATA/ACK/OACK sent to the listener port");
+                self.reply_error(from, &info, ErrorCode::UnknownTid, "unknown transfer ID").await;
+            }
+            Err(ParseError::UnknownOpcode(op)) => {
+                debug!(client = %from, "TFTP packet with unknown opcode {op}");
+                self.reply_error(from, &info, ErrorCode::IllegalOperation, "unknown opcode").await;
+            }
+            Err(e) => {
+                debug!(client = %from, "malformed TFTP request: {e}");
+                self.reply_error(from, &info, e.code(), "malformed request").await;
+            }
+        }
+    }
+
+    async fn on_rrq(&mut self, req: Request, client: SocketAddr, info: PktInfo) {
+        let name = String::from_utf8_lossy(&req.filename).into_owned();
+        if !matches!(req.mode, Mode::Octet | Mode::Netascii) {
+            warn!(%client, file = %name, mode = req.mode.as_str(), "TFTP request refused: unsupported mode");
+            self.reply_error(client, &info, ErrorCode::IllegalOperation, "unsupported mode").await;
+            return;
+        }
+        let cfg = &self.shared.cfg;
+        let from_client = self.per_client.get(&client.ip()).copied().unwrap_or(0);
+        if self.tasks.len() >= cfg.max_transfers || from_client >= cfg.max_per_client {
+            warn!(
+                %client, file = %name, active = self.tasks.len(), from_client,
+                "TFTP request refused: too many transfers (max {} in total, {} per client)",
+                cfg.max_transfers, cfg.max_per_client
+            );
+            self.reply_error(client, &info, ErrorCode::DiskFull, "too many transfers, try again later").await;
+            return;
+        }
+        let job = Job {
+            shared: self.shared.clone(),
+            req,
+            name,
+            client,
+            local: reply_source(&info),
+            ifindex: info.ifindex,
+            cancel: self.shutdown.child_token(),
+        };
+        let span = info_span!("tftp", %client, mac = tracing::field::Empty, file = %job.name);
+        let handle = self.tasks.spawn(job.run().instrument(span));
+        self.owners.insert(handle.id(), client.ip());
+        *self.per_client.entry(client.ip()).or_default() += 1;
+    }
+}
+
+/// The address to answer from: where the request was sent, or for a broadcast the interface's
+/// own address (`ipi_spec_dst`, which Linux sets to the destination for unicast).
+fn reply_source(info: &PktInfo) -> IpAddr {
+    let usable =
+        |a: &IpAddr| !a.is_unspecified() && !a.is_multicast() && a != &IpAddr::V4(std::net::Ipv4Addr::BROADCAST);
+    if usable(&info.local) {
+        info.local
+    } else if usable(&info.dst) {
+        info.dst
+    } else {
+        info.local
+    }
+}
+
+/// One accepted read request, moved into its task.
+struct Job {
+    shared: Arc<Shared>,
+    req: Request,
+    name: String,
+    client: SocketAddr,
+    local: IpAddr,
+    ifindex: u32,
+    cancel: CancellationToken,
+}
+
+/// What will be sent, decided before the transfer starts.
+struct Prepared {
+    source: Box<dyn Read + Send>,
+    /// Bytes that will be sent (after netascii conversion), when known.
+    size: Option<u64>,
+    /// What is served, for the log: the root-relative path or "generated".
+    what: String,
+    /// blksize limit from the interface MTU.
+    mtu_blksize: Option<u16>,
+}
+
+impl Job {
+    async fn run(self) {
+        let span = tracing::Span::current();
+        let sock = match bind_transfer_socket(self.local, self.ifindex, self.shared.device.as_deref()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cannot open a transfer socket on {}: {e}", self.local);
+                return;
+            }
+        };
+        // Connected: the kernel drops datagrams from other transfer IDs (as tftpd-hpa's
+        // connected sockets do; RFC 1350's ERROR 5 to them is a "should"), skips a route lookup
+        // per packet, and reports ICMP port unreachable, so a vanished client ends the transfer
+        // at once instead of after all retries.
+        if let Err(e) = sock.connect(self.client).await {
+            warn!("cannot connect a transfer socket to the client: {e}");
+            return;
+        }
+        let mac = self.shared.clients.lookup(self.client.ip());
+        if let Some(m) = &mac {
+            span.record("mac", tracing::field::display(m));
+        }
+        let prepared = tokio::select! {
+            p = self.prepare(mac) => p,
+            _ = self.cancel.cancelled() => return,
+        };
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err((code, msg)) => {
+                let _ = sock.send(&error_packet(code, msg)).await;
+                return;
+            }
+        };
+        self.transfer(sock, prepared).await;
+    }
+
+    /// Asks the policy and opens what will be served. On refusal the error to send is returned;
+    /// the reason has been logged.
+    async fn prepare(&self, mac: Option<HwAddr>) -> Result<Prepared, (ErrorCode, &'static str)> {
+        let options: BTreeMap<String, String> =
+            self.req.options.iter().rev().map(|(n, v)| (n.to_ascii_lowercase(), v.clone())).collect();
+        let freq = FileRequest {
+            protocol: "tftp",
+            path: self.name.clone(),
+            client: self.client,
+            local: Some(SocketAddr::new(self.local, 69)),
+            mac: mac.clone(),
+            options,
+        };
+        let policy = self.shared.policy.clone();
+        let decision = match tokio::task::spawn_blocking(move || policy.file(&freq)).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                warn!(mac = %fmt_mac(&mac), "policy file hook failed, serving the file as requested: {e}");
+                FileDecision::Serve
+            }
+            Err(e) => {
+                error!(mac = %fmt_mac(&mac), "policy file hook panicked, serving the file as requested: {e}");
+                FileDecision::Serve
+            }
+        };
+        let shared = self.shared.clone();
+        let name = self.req.filename.clone();
+        let netascii = self.req.mode == Mode::Netascii;
+        let wants_tsize = self.req.option("tsize").is_some();
+        let (ifindex, v6) = (self.ifindex, self.local.is_ipv6());
+        let opened = tokio::task::spawn_blocking(move || -> Result<Prepared, (ErrorCode, &'static str)> {
+            let mtu_blksize = if shared.cfg.clamp_blksize_to_mtu {
+                interface_mtu(ifindex).map(|m| blksize_for_mtu(m, v6))
+            } else {
+                None
+            };
+            let read_ahead = shared.cfg.read_ahead.max(512);
+            let (source, size, what): (Box<dyn Read + Send>, Option<u64>, String) = match decision {
+                FileDecision::Refuse => {
+                    warn!("refused by policy");
+                    return Err((ErrorCode::AccessViolation, "access violation"));
+                }
+                FileDecision::Content(bytes) => {
+                    let len = bytes.len() as u64;
+                    let what = format!("generated content ({len} bytes)");
+                    let size = if netascii && wants_tsize { converted_size(&bytes[..]).ok() } else { Some(len) };
+                    (Box::new(Cursor::new(bytes)), size, what)
+                }
+                FileDecision::Serve | FileDecision::Remap(_) => {
+                    let target = match &decision {
+                        FileDecision::Remap(p) => p.as_bytes().to_vec(),
+                        _ => name,
+                    };
+                    let mut opened = match shared.root.open(&target) {
+                        Ok(o) => o,
+                        Err(r) => {
+                            warn!(path = %String::from_utf8_lossy(&target), "TFTP request refused: {r}");
+                            return Err((r.code(), r.client_message()));
+                        }
+                    };
+                    let mut size = Some(opened.size);
+                    if netascii {
+                        size = None;
+                        if wants_tsize {
+                            let counted = converted_size(&mut opened.file);
+                            if opened.file.seek(SeekFrom::Start(0)).is_err() {
+                                return Err((ErrorCode::NotDefined, "read error"));
+                            }
+                            size = counted.ok();
+                        }
+                    }
+                    let cap = read_ahead.min(usize::try_from(opened.size).unwrap_or(usize::MAX).saturating_add(1));
+                    let what = match &decision {
+                        FileDecision::Remap(_) => format!("{} (remapped by policy)", opened.relative),
+                        _ => opened.relative,
+                    };
+                    (Box::new(BufReader::with_capacity(cap.max(512), opened.file)), size, what)
+                }
+            };
+            let source: Box<dyn Read + Send> =
+                if netascii { Box::new(NetasciiReader::new(BufReader::with_capacity(8192, source))) } else { source };
+            Ok(Prepared { source, size, what, mtu_blksize })
+        })
+        .await;
+        match opened {
+            Ok(r) => r,
+            Err(e) => {
+                error!("opening the file panicked: {e}");
+                Err((ErrorCode::NotDefined, "internal error"))
+            }
+        }
+    }
+
+    async fn transfer(self, sock: UdpSocket, p: Prepared) {
+        let cfg = &self.shared.cfg;
+        let max_blksize = p.mtu_blksize.map_or(cfg.max_blksize, |m| m.min(cfg.max_blksize));
+        let limits = Limits { max_blksize, max_window_bytes: cfg.max_window_bytes };
+        let neg = negotiate(&self.req.options, limits, p.size);
+        let params = Params {
+            blksize: neg.blksize,
+            windowsize: neg.windowsize,
+            timeout: neg.timeout.unwrap_or(cfg.timeout),
+            retries: cfg.retries,
+            oack: neg.oack,
+        };
+        let had_oack = !params.oack.is_empty();
+        let started = Instant::now();
+        let mut t = Transfer::new(params, p.source, started);
+        debug!(what = %p.what, blksize = t.blksize(), windowsize = t.windowsize(), "transfer starting");
+
+        // ACKs and ERRORs only; a larger datagram is truncated by the kernel, which is harmless.
+        let mut buf = [0u8; 1024];
+        let first_deadline = t.deadline().unwrap_or(started);
+        // One timer for the whole transfer. Deadlines only move later, so the timer may fire
+        // early; it is then re-armed, at most once per timeout period instead of once per ACK.
+        let sleep = tokio::time::sleep_until(first_deadline.into());
+        tokio::pin!(sleep);
+        let cancelled = self.cancel.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            while let Some(pkt) = t.poll_transmit() {
+                match sock.send(pkt).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        t.abandon(Failure::Unreachable);
+                    }
+                    // Treated as a lost packet: the retransmission timer covers it.
+                    Err(e) => debug!("send failed: {e}"),
+                }
+            }
+            if !t.is_running() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => t.cancel(),
+                r = sock.recv(&mut buf) => match r {
+                    Ok(n) => t.on_packet(&buf[..n], Instant::now()),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => t.abandon(Failure::Unreachable),
+                    Err(e) => debug!("receive failed: {e}"),
+                },
+                _ = &mut sleep => {
+                    let now = Instant::now();
+                    t.on_timeout(now);
+                    if let Some(d) = t.deadline() {
+                        sleep.as_mut().reset(d.into());
+                    }
+                }
+            }
+        }
+        let st = t.stats();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        match t.status() {
+            Status::Done => info!(
+                what = %p.what, bytes = st.bytes, blksize = t.blksize(), windowsize = t.windowsize(),
+                ms = format_args!("{ms:.1}"), resent = st.resent, "TFTP transfer complete"
+            ),
+            // EDK2 reads tsize from the OACK, then aborts with ERROR 8 and asks again: normal.
+            Status::Failed(Failure::ClientError { code: ErrorCode::OptionNegotiation, .. })
+                if had_oack && st.data_sent == 0 =>
+            {
+                info!(what = %p.what, "client ended the transfer after option negotiation (size probe)")
+            }
+            Status::Failed(f) => warn!(
+                what = %p.what, bytes = st.bytes, blksize = t.blksize(), ms = format_args!("{ms:.1}"),
+                "TFTP transfer failed: {f}"
+            ),
+            Status::Running => {}
+        }
+    }
+}
+
+fn fmt_mac(mac: &Option<HwAddr>) -> String {
+    mac.as_ref().map_or_else(|| "unknown".to_string(), |m| m.to_string())
+}
+
+/// A UDP socket on (`local`, ephemeral port), on the listener's device if it had one.
+fn bind_transfer_socket(local: IpAddr, ifindex: u32, device: Option<&[u8]>) -> io::Result<UdpSocket> {
+    let addr = match local {
+        IpAddr::V6(a) if is_link_local(&a) => SocketAddr::V6(SocketAddrV6::new(a, 0, 0, ifindex)),
+        a => SocketAddr::new(a, 0),
+    };
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Some(dev) = device {
+        s.bind_device(Some(dev))?;
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+fn is_link_local(a: &Ipv6Addr) -> bool {
+    (a.segments()[0] & 0xffc0) == 0xfe80
+}
+
+/// The MTU of interface `ifindex`, from sysfs. `None` when unknown.
+fn interface_mtu(ifindex: u32) -> Option<u32> {
+    let name = crate::net::ifname(ifindex)?;
+    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu")).ok()?.trim().parse().ok()
+}
