@@ -13,6 +13,8 @@
 //! | [`dhcpv4`], [`tftp`] | protocol servers: sockets → requests → policy → replies. |
 //! | [`config`] | the on-disk TOML schema and the validated runtime [`config::Config`]. |
 //! | [`server`] | binds sockets, runs the tasks, drains on shutdown. |
+//! | [`store`] | the per-host store scripts keep state in (SQLite `host_store` in `pixie.db`, or memory). |
+//! | [`workbench`] | no sockets: replaying captures through a policy, and policy tests (`cases.toml`). |
 //!
 //! `main.rs` is the CLI: it only parses arguments, calls into this crate, and turns errors into
 //! messages and exit codes.
@@ -24,5 +26,7 @@ pub mod dhcpv4;
 pub mod net;
 pub mod policy;
 pub mod server;
+pub mod store;
 pub mod tftp;
 pub mod wire;
+pub mod workbench;
