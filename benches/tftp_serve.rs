@@ -33,9 +33,7 @@ fn main() {
     let addr: SocketAddr = args[2].parse().unwrap_or_else(|_| usage());
     let current = args.iter().any(|a| a == "--current-thread");
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
     let rt = if current {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
@@ -48,7 +46,8 @@ fn main() {
             "pixie" => {
                 let socket = bind_udp(addr, &BindOptions::default()).expect("bind");
                 println!("READY {}", socket.local_addr().unwrap());
-                let cfg = TftpConfig { root, ..TftpConfig::default() };
+                // All bench clients share 127.0.0.1: lift the per-client limit (default 8).
+                let cfg = TftpConfig { root, max_per_client: 1024, ..TftpConfig::default() };
                 let policy = Arc::new(FnPolicy(|_: &_| Ok(Decision::Ignore)));
                 serve(socket, cfg, policy, ClientTable::default(), CancellationToken::new()).await.expect("serve");
             }

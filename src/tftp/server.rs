@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,6 +41,8 @@ struct Shared {
     clients: ClientTable,
     /// The listener's `SO_BINDTODEVICE`, copied onto every transfer socket.
     device: Option<Vec<u8>>,
+    /// The listener's port (for [`FileRequest::local`]).
+    port: u16,
 }
 
 /// Serves TFTP read requests arriving on `socket` until `shutdown` is cancelled; then cancels the
@@ -56,8 +59,9 @@ pub async fn serve(
 ) -> io::Result<()> {
     let root = Root::new(&cfg.root)?;
     let device = SockRef::from(socket.inner()).device().ok().flatten();
+    let port = socket.local_addr()?.port();
     info!(addr = %socket.local_addr()?, root = %root.path().display(), "TFTP server listening");
-    let shared = Arc::new(Shared { cfg, root, policy, clients, device });
+    let shared = Arc::new(Shared { cfg, root, policy, clients, device, port });
     let mut listener = Listener {
         socket,
         shared,
@@ -282,7 +286,7 @@ impl Job {
             protocol: "tftp",
             path: self.name.clone(),
             client: self.client,
-            local: Some(SocketAddr::new(self.local, 69)),
+            local: Some(SocketAddr::new(self.local, self.shared.port)),
             mac: mac.clone(),
             options,
         };
@@ -392,13 +396,32 @@ impl Job {
         tokio::pin!(sleep);
         let cancelled = self.cancel.cancelled();
         tokio::pin!(cancelled);
+        // Windows go out with UDP GSO: one system call for up to 64 packets. If the kernel or
+        // the route refuses it (no checksum offload, blksize above the path MTU), fall back to
+        // one send per packet for the rest of the transfer.
+        let mut gso = cfg.udp_gso && t.windowsize() > 1;
         loop {
-            while let Some(pkt) = t.poll_transmit() {
-                match sock.send(pkt).await {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        t.abandon(Failure::Unreachable);
+            loop {
+                let max_segments = if gso { GSO_MAX_SEGMENTS } else { 1 };
+                let Some((buf, seg)) = t.poll_transmit_batch(max_segments, GSO_MAX_BYTES) else { break };
+                let mut r =
+                    if buf.len() > seg { send_gso(&sock, buf, seg).await } else { sock.send(buf).await.map(drop) };
+                if let Err(e) = &r {
+                    if buf.len() > seg && e.kind() != io::ErrorKind::ConnectionRefused {
+                        debug!("UDP GSO unavailable ({e}); sending packets one by one");
+                        gso = false;
+                        r = Ok(());
+                        for p in buf.chunks(seg) {
+                            if let Err(e) = sock.send(p).await {
+                                r = Err(e);
+                                break;
+                            }
+                        }
                     }
+                }
+                match r {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => t.abandon(Failure::Unreachable),
                     // Treated as a lost packet: the retransmission timer covers it.
                     Err(e) => debug!("send failed: {e}"),
                 }
@@ -443,6 +466,49 @@ impl Job {
             Status::Running => {}
         }
     }
+}
+
+/// Most segments in one GSO send (the kernel's `UDP_MAX_SEGMENTS`).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes in one GSO send: below the 65 507-byte UDP payload limit.
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Sends `buf` as datagrams of `seg` bytes (the last may be shorter) with one `sendmsg` and
+/// `UDP_SEGMENT` on a connected socket.
+async fn send_gso(sock: &UdpSocket, buf: &[u8], seg: usize) -> io::Result<()> {
+    let seg = u16::try_from(seg).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    loop {
+        sock.writable().await?;
+        match sock.try_io(tokio::io::Interest::WRITABLE, || sendmsg_gso(sock.as_raw_fd(), buf, seg)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+fn sendmsg_gso(fd: std::os::fd::RawFd, buf: &[u8], seg: u16) -> io::Result<()> {
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 32]);
+    let mut cbuf = Cmsg([0; 32]);
+    // SAFETY: msg points at live locals; the control buffer is 8-aligned and larger than
+    // CMSG_SPACE(2); the kernel only reads from buf.
+    unsafe {
+        let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = libc::CMSG_SPACE(2) as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+        if libc::sendmsg(fd, &msg, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn fmt_mac(mac: &Option<HwAddr>) -> String {
