@@ -29,12 +29,37 @@ use crate::net::{PktInfo, PktSocket};
 use crate::policy::{FileDecision, FileRequest, HwAddr, Policy};
 use crate::wire::tftp::{error_packet, ErrorCode, Mode, Packet, ParseError, Request};
 
+/// How long a cached interface MTU is trusted.
+const MTU_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Shared {
+    /// The MTU of interface `ifindex`, cached for [`MTU_CACHE_TTL`]. Blocking (sysfs).
+    fn mtu(&self, ifindex: u32) -> Option<u32> {
+        let now = Instant::now();
+        if let Some((m, at)) = self.mtu_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&ifindex) {
+            if now.duration_since(*at) < MTU_CACHE_TTL {
+                return *m;
+            }
+        }
+        let m = interface_mtu(ifindex);
+        let mut cache = self.mtu_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(ifindex, (m, now));
+        m
+    }
+}
+
 /// How long in-flight transfers get to send their shutdown ERROR before they are aborted.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// State every transfer task reads; immutable after start.
+/// State every transfer task reads; immutable after start but for the MTU cache.
 #[derive(Debug)]
 struct Shared {
+    /// ifindex → (MTU, when read): interface MTUs rarely change, and reading one costs a socket,
+    /// an ioctl and a sysfs read per request otherwise. std Mutex: held for a map lookup only.
+    mtu_cache: std::sync::Mutex<HashMap<u32, (Option<u32>, Instant)>>,
     cfg: TftpConfig,
     root: Root,
     policy: Arc<dyn Policy>,
@@ -61,7 +86,7 @@ pub async fn serve(
     let device = SockRef::from(socket.inner()).device().ok().flatten();
     let port = socket.local_addr()?.port();
     info!(addr = %socket.local_addr()?, root = %root.path().display(), "TFTP server listening");
-    let shared = Arc::new(Shared { cfg, root, policy, clients, device, port });
+    let shared = Arc::new(Shared { cfg, root, policy, clients, device, port, mtu_cache: Default::default() });
     let mut listener = Listener {
         socket,
         shared,
@@ -290,26 +315,31 @@ impl Job {
             mac: mac.clone(),
             options,
         };
-        let policy = self.shared.policy.clone();
-        let decision = match tokio::task::spawn_blocking(move || policy.file(&freq)).await {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => {
-                warn!(mac = %fmt_mac(&mac), "policy file hook failed, serving the file as requested: {e}");
-                FileDecision::Serve
-            }
-            Err(e) => {
-                error!(mac = %fmt_mac(&mac), "policy file hook panicked, serving the file as requested: {e}");
-                FileDecision::Serve
-            }
-        };
         let shared = self.shared.clone();
         let name = self.req.filename.clone();
         let netascii = self.req.mode == Mode::Netascii;
         let wants_tsize = self.req.option("tsize").is_some();
         let (ifindex, v6) = (self.ifindex, self.local.is_ipv6());
+        let span = tracing::Span::current();
+        // One trip to the blocking pool for the policy call and the file system work: each trip
+        // costs two thread wake-ups, which dominate the cost of a small file.
         let opened = tokio::task::spawn_blocking(move || -> Result<Prepared, (ErrorCode, &'static str)> {
+            // Everything below logs inside the transfer's span (client, MAC, file).
+            let _in_span = span.enter();
+            let policy = &shared.policy;
+            let decision = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.file(&freq))) {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => {
+                    warn!(mac = %fmt_mac(&mac), "policy file hook failed, serving the file as requested: {e}");
+                    FileDecision::Serve
+                }
+                Err(_) => {
+                    error!(mac = %fmt_mac(&mac), "policy file hook panicked, serving the file as requested");
+                    FileDecision::Serve
+                }
+            };
             let mtu_blksize = if shared.cfg.clamp_blksize_to_mtu {
-                interface_mtu(ifindex).map(|m| blksize_for_mtu(m, v6))
+                shared.mtu(ifindex).map(|m| blksize_for_mtu(m, v6))
             } else {
                 None
             };
