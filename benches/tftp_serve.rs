@@ -25,6 +25,11 @@ fn usage() -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.is_empty() {
+        // `cargo bench` / `cargo test --all-targets` run this target without arguments.
+        eprintln!("tftp_serve: a server for bench/tftp.sh; nothing to do without arguments");
+        return;
+    }
     if args.len() < 3 {
         usage();
     }
@@ -33,9 +38,7 @@ fn main() {
     let addr: SocketAddr = args[2].parse().unwrap_or_else(|_| usage());
     let current = args.iter().any(|a| a == "--current-thread");
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
     let rt = if current {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
@@ -48,7 +51,8 @@ fn main() {
             "pixie" => {
                 let socket = bind_udp(addr, &BindOptions::default()).expect("bind");
                 println!("READY {}", socket.local_addr().unwrap());
-                let cfg = TftpConfig { root, ..TftpConfig::default() };
+                // All bench clients share 127.0.0.1: lift the per-client limit (default 8).
+                let cfg = TftpConfig { root, max_per_client: 1024, ..TftpConfig::default() };
                 let policy = Arc::new(FnPolicy(|_: &_| Ok(Decision::Ignore)));
                 serve(socket, cfg, policy, ClientTable::default(), CancellationToken::new()).await.expect("serve");
             }

@@ -355,6 +355,25 @@ async fn edk2_probe_abort_then_windowed_download() {
 }
 
 #[tokio::test]
+async fn windowed_download_with_and_without_gso() {
+    for gso in [true, false] {
+        let s = start_with("127.0.0.1:0", |c| c.udp_gso = gso).await;
+        let c = Client::new(s.addr).await;
+        c.rrq("big.bin", Mode::Octet, &[("blksize", "1468"), ("windowsize", "64")]).await;
+        let (oack, tid) = c.expect().await;
+        // 64 × 1468 is over the 64 KiB in flight: capped to 44.
+        assert_eq!(
+            Packet::parse(&oack).unwrap(),
+            Packet::Oack(vec![("blksize".into(), "1468".into()), ("windowsize".into(), "44".into())])
+        );
+        c.sock.send_to(&Packet::Ack(0).to_vec(), tid).await.unwrap();
+        let (first, _) = c.expect().await;
+        assert_eq!(c.download(first, tid, 1468, 44).await, s.file("big.bin"), "gso {gso}");
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn ipxe_request_and_netascii_on_the_wire() {
     let s = start().await;
     let c = Client::new(s.addr).await;
@@ -445,6 +464,7 @@ async fn policy_content_remap_error_and_mac() {
     assert_eq!(seen[0].mac.as_ref(), Some(&mac));
     assert_eq!(seen[0].options, BTreeMap::from([("tsize".to_string(), "0".to_string())]));
     assert_eq!(seen[0].client, c.sock.local_addr().unwrap());
+    assert_eq!(seen[0].local, Some(s.addr));
     s.stop().await;
 }
 

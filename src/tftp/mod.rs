@@ -57,6 +57,9 @@ pub struct TftpConfig {
     pub max_window_bytes: usize,
     /// Bytes read from a file at once (read-ahead buffer per transfer).
     pub read_ahead: usize,
+    /// Send each window (windowsize > 1) with UDP GSO, one system call per up to 64 blocks; the
+    /// transfer falls back to one send per block by itself where GSO is refused.
+    pub udp_gso: bool,
 }
 
 impl Default for TftpConfig {
@@ -71,6 +74,7 @@ impl Default for TftpConfig {
             clamp_blksize_to_mtu: true,
             max_window_bytes: 64 * 1024,
             read_ahead: 64 * 1024,
+            udp_gso: true,
         }
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,18 +29,45 @@ use crate::net::{PktInfo, PktSocket};
 use crate::policy::{FileDecision, FileRequest, HwAddr, Policy};
 use crate::wire::tftp::{error_packet, ErrorCode, Mode, Packet, ParseError, Request};
 
+/// How long a cached interface MTU is trusted.
+const MTU_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Shared {
+    /// The MTU of interface `ifindex`, cached for [`MTU_CACHE_TTL`]. Blocking (sysfs).
+    fn mtu(&self, ifindex: u32) -> Option<u32> {
+        let now = Instant::now();
+        if let Some((m, at)) = self.mtu_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&ifindex) {
+            if now.duration_since(*at) < MTU_CACHE_TTL {
+                return *m;
+            }
+        }
+        let m = interface_mtu(ifindex);
+        let mut cache = self.mtu_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(ifindex, (m, now));
+        m
+    }
+}
+
 /// How long in-flight transfers get to send their shutdown ERROR before they are aborted.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// State every transfer task reads; immutable after start.
+/// State every transfer task reads; immutable after start but for the MTU cache.
 #[derive(Debug)]
 struct Shared {
+    /// ifindex → (MTU, when read): interface MTUs rarely change, and reading one costs a socket,
+    /// an ioctl and a sysfs read per request otherwise. std Mutex: held for a map lookup only.
+    mtu_cache: std::sync::Mutex<HashMap<u32, (Option<u32>, Instant)>>,
     cfg: TftpConfig,
     root: Root,
     policy: Arc<dyn Policy>,
     clients: ClientTable,
     /// The listener's `SO_BINDTODEVICE`, copied onto every transfer socket.
     device: Option<Vec<u8>>,
+    /// The listener's port (for [`FileRequest::local`]).
+    port: u16,
 }
 
 /// Serves TFTP read requests arriving on `socket` until `shutdown` is cancelled; then cancels the
@@ -56,8 +84,9 @@ pub async fn serve(
 ) -> io::Result<()> {
     let root = Root::new(&cfg.root)?;
     let device = SockRef::from(socket.inner()).device().ok().flatten();
+    let port = socket.local_addr()?.port();
     info!(addr = %socket.local_addr()?, root = %root.path().display(), "TFTP server listening");
-    let shared = Arc::new(Shared { cfg, root, policy, clients, device });
+    let shared = Arc::new(Shared { cfg, root, policy, clients, device, port, mtu_cache: Default::default() });
     let mut listener = Listener {
         socket,
         shared,
@@ -282,30 +311,35 @@ impl Job {
             protocol: "tftp",
             path: self.name.clone(),
             client: self.client,
-            local: Some(SocketAddr::new(self.local, 69)),
+            local: Some(SocketAddr::new(self.local, self.shared.port)),
             mac: mac.clone(),
             options,
-        };
-        let policy = self.shared.policy.clone();
-        let decision = match tokio::task::spawn_blocking(move || policy.file(&freq)).await {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => {
-                warn!(mac = %fmt_mac(&mac), "policy file hook failed, serving the file as requested: {e}");
-                FileDecision::Serve
-            }
-            Err(e) => {
-                error!(mac = %fmt_mac(&mac), "policy file hook panicked, serving the file as requested: {e}");
-                FileDecision::Serve
-            }
         };
         let shared = self.shared.clone();
         let name = self.req.filename.clone();
         let netascii = self.req.mode == Mode::Netascii;
         let wants_tsize = self.req.option("tsize").is_some();
         let (ifindex, v6) = (self.ifindex, self.local.is_ipv6());
+        let span = tracing::Span::current();
+        // One trip to the blocking pool for the policy call and the file system work: each trip
+        // costs two thread wake-ups, which dominate the cost of a small file.
         let opened = tokio::task::spawn_blocking(move || -> Result<Prepared, (ErrorCode, &'static str)> {
+            // Everything below logs inside the transfer's span (client, MAC, file).
+            let _in_span = span.enter();
+            let policy = &shared.policy;
+            let decision = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.file(&freq))) {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => {
+                    warn!(mac = %fmt_mac(&mac), "policy file hook failed, serving the file as requested: {e}");
+                    FileDecision::Serve
+                }
+                Err(_) => {
+                    error!(mac = %fmt_mac(&mac), "policy file hook panicked, serving the file as requested");
+                    FileDecision::Serve
+                }
+            };
             let mtu_blksize = if shared.cfg.clamp_blksize_to_mtu {
-                interface_mtu(ifindex).map(|m| blksize_for_mtu(m, v6))
+                shared.mtu(ifindex).map(|m| blksize_for_mtu(m, v6))
             } else {
                 None
             };
@@ -392,13 +426,32 @@ impl Job {
         tokio::pin!(sleep);
         let cancelled = self.cancel.cancelled();
         tokio::pin!(cancelled);
+        // Windows go out with UDP GSO: one system call for up to 64 packets. If the kernel or
+        // the route refuses it (no checksum offload, blksize above the path MTU), fall back to
+        // one send per packet for the rest of the transfer.
+        let mut gso = cfg.udp_gso && t.windowsize() > 1;
         loop {
-            while let Some(pkt) = t.poll_transmit() {
-                match sock.send(pkt).await {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        t.abandon(Failure::Unreachable);
+            loop {
+                let max_segments = if gso { GSO_MAX_SEGMENTS } else { 1 };
+                let Some((buf, seg)) = t.poll_transmit_batch(max_segments, GSO_MAX_BYTES) else { break };
+                let mut r =
+                    if buf.len() > seg { send_gso(&sock, buf, seg).await } else { sock.send(buf).await.map(drop) };
+                if let Err(e) = &r {
+                    if buf.len() > seg && e.kind() != io::ErrorKind::ConnectionRefused {
+                        debug!("UDP GSO unavailable ({e}); sending packets one by one");
+                        gso = false;
+                        r = Ok(());
+                        for p in buf.chunks(seg) {
+                            if let Err(e) = sock.send(p).await {
+                                r = Err(e);
+                                break;
+                            }
+                        }
                     }
+                }
+                match r {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => t.abandon(Failure::Unreachable),
                     // Treated as a lost packet: the retransmission timer covers it.
                     Err(e) => debug!("send failed: {e}"),
                 }
@@ -443,6 +496,49 @@ impl Job {
             Status::Running => {}
         }
     }
+}
+
+/// Most segments in one GSO send (the kernel's `UDP_MAX_SEGMENTS`).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes in one GSO send: below the 65 507-byte UDP payload limit.
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Sends `buf` as datagrams of `seg` bytes (the last may be shorter) with one `sendmsg` and
+/// `UDP_SEGMENT` on a connected socket.
+async fn send_gso(sock: &UdpSocket, buf: &[u8], seg: usize) -> io::Result<()> {
+    let seg = u16::try_from(seg).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    loop {
+        sock.writable().await?;
+        match sock.try_io(tokio::io::Interest::WRITABLE, || sendmsg_gso(sock.as_raw_fd(), buf, seg)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+fn sendmsg_gso(fd: std::os::fd::RawFd, buf: &[u8], seg: u16) -> io::Result<()> {
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 32]);
+    let mut cbuf = Cmsg([0; 32]);
+    // SAFETY: msg points at live locals; the control buffer is 8-aligned and larger than
+    // CMSG_SPACE(2); the kernel only reads from buf.
+    unsafe {
+        let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = libc::CMSG_SPACE(2) as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+        if libc::sendmsg(fd, &msg, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn fmt_mac(mac: &Option<HwAddr>) -> String {

@@ -309,33 +309,61 @@ impl Transfer {
 
     /// The next datagram to send, if any. Call until it returns `None` after every input.
     pub fn poll_transmit(&mut self) -> Option<&[u8]> {
+        self.poll_transmit_batch(1, usize::MAX).map(|(b, _)| b)
+    }
+
+    /// Like [`Transfer::poll_transmit`], but hands out up to `max_segments` consecutive DATA
+    /// packets (at most `max_bytes` in all) as one buffer of `segment`-byte packets back to back,
+    /// the last possibly shorter: the layout UDP GSO (`UDP_SEGMENT`) sends with one system call.
+    /// Returns `(buffer, segment)`; an OACK or ERROR always comes alone (`segment` = its length).
+    /// The window's blocks are contiguous in the ring, so this copies nothing.
+    pub fn poll_transmit_batch(&mut self, max_segments: usize, max_bytes: usize) -> Option<(&[u8], usize)> {
         if self.control_pending {
             self.control_pending = false;
-            return Some(&self.control);
+            return Some((&self.control, self.control.len()));
         }
         if !self.is_running() || self.next_send > self.send_upto {
             return None;
         }
-        let n = self.next_send;
-        while self.loaded < n {
-            if let Err(e) = self.load_next() {
-                self.fail_with_error(Failure::Read(e.to_string()), ErrorCode::NotDefined, "read error");
-                self.control_pending = false;
-                return Some(&self.control);
+        let seg = DATA_HEADER + self.blksize;
+        let first = self.next_send;
+        let first_slot = ((first - 1) % self.window) as usize;
+        let mut n = first;
+        let mut len = 0;
+        while n <= self.send_upto && (n - first) < max_segments.max(1) as u64 {
+            let slot = ((n - 1) % self.window) as usize;
+            if n > first && (slot == 0 || len + seg > max_bytes) {
+                break; // the ring wraps here, or the batch is full
             }
-            if self.last_block.is_some() {
-                self.clamp_window();
+            while self.loaded < n {
+                if let Err(e) = self.load_next() {
+                    if n > first {
+                        break; // send what is ready; the error comes with the next call
+                    }
+                    self.fail_with_error(Failure::Read(e.to_string()), ErrorCode::NotDefined, "read error");
+                    self.control_pending = false;
+                    return Some((&self.control, self.control.len()));
+                }
+            }
+            if self.loaded < n || self.last_block.is_some_and(|l| n > l) {
+                break;
+            }
+            len = (n - first) as usize * seg + self.slot_len[slot];
+            n += 1;
+            if self.slot_len[slot] < seg {
+                break; // the final, short block
             }
         }
-        if self.last_block.is_some_and(|l| n > l) {
+        self.clamp_window();
+        let count = n - first;
+        if count == 0 {
             return None;
         }
-        self.next_send += 1;
-        self.highest_sent = self.highest_sent.max(n);
-        self.stats.data_sent += 1;
-        let slot = ((n - 1) % self.window) as usize;
-        let start = slot * (DATA_HEADER + self.blksize);
-        Some(&self.ring[start..start + self.slot_len[slot]])
+        self.next_send = n;
+        self.highest_sent = self.highest_sent.max(n - 1);
+        self.stats.data_sent += count;
+        let start = first_slot * seg;
+        Some((&self.ring[start..start + len], seg))
     }
 
     /// Reads block `loaded + 1` into its slot.
@@ -769,6 +797,79 @@ mod tests {
         let out = drain(&mut t);
         assert_eq!(out, vec![wire::error_packet(ErrorCode::NotDefined, "read error")]);
         assert!(matches!(t.status(), Status::Failed(Failure::Read(_))));
+    }
+
+    /// Splits batches into packets, checking the layout promise.
+    fn drain_batches(t: &mut Transfer, max: usize) -> Vec<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        while let Some((b, seg)) = t.poll_transmit_batch(max, 65_000) {
+            assert!(b.len() <= 65_000 || b.len() == seg);
+            out.push(b.chunks(seg).map(|c| c.to_vec()).collect::<Vec<_>>());
+            assert!(out.len() < 10_000, "runaway");
+        }
+        out
+    }
+
+    #[test]
+    fn batches_are_consecutive_blocks_and_wrap_with_the_ring() {
+        let f = data(512 * 10 + 7);
+        let (mut t, now) = start(&f, 512, 4, &[]);
+        let b = drain_batches(&mut t, 64);
+        assert_eq!(b.len(), 1);
+        assert_eq!(blocks(&b[0]), [1, 2, 3, 4]);
+        // ACK 2: the window restarts at 3; slots of 3, 4 then wrap to 5, 6.
+        t.on_packet(&ack(2), now);
+        let b = drain_batches(&mut t, 64);
+        assert_eq!(b.iter().map(|x| blocks(x)).collect::<Vec<_>>(), vec![vec![3, 4], vec![5, 6]]);
+        t.on_packet(&ack(6), now);
+        let b = drain_batches(&mut t, 3);
+        assert_eq!(b.iter().map(|x| blocks(x)).collect::<Vec<_>>(), vec![vec![7, 8], vec![9, 10]]);
+        t.on_packet(&ack(10), now);
+        let b = drain_batches(&mut t, 64);
+        assert_eq!(b.len(), 1);
+        assert_eq!(blocks(&b[0]), [11]);
+        assert_eq!(b[0][0].len(), 4 + 7);
+        t.on_packet(&ack(11), now);
+        assert_eq!(t.status(), &Status::Done);
+    }
+
+    #[test]
+    fn batches_respect_the_byte_limit_and_end_at_the_short_block() {
+        let f = data(1468 * 44 + 100);
+        let (mut t, now) = start(&f, 1468, 44, &[]);
+        let b = drain_batches(&mut t, 64);
+        // 44 × 1472 = 64 768 bytes fit in 65 000.
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].len(), 44);
+        t.on_packet(&ack(44), now);
+        let b = drain_batches(&mut t, 64);
+        assert_eq!(blocks(&b[0]), [45]);
+        assert_eq!(b[0][0].len(), 104);
+        let (mut t, _) = start(&data(8192 * 16), 8192, 16, &[]);
+        let b = drain_batches(&mut t, 64);
+        assert_eq!(b.iter().map(|x| x.len()).collect::<Vec<_>>(), vec![7, 7, 2]);
+    }
+
+    #[test]
+    fn batched_client_run_with_rollover() {
+        let f = data(8 * 70_000 + 5);
+        let (mut t, now) = start(&f, 8, 64, &[]);
+        let mut got = Vec::new();
+        let mut expect: u16 = 1;
+        let mut batches = drain_batches(&mut t, 64);
+        while t.is_running() {
+            let mut last = 0;
+            for p in batches.iter().flatten() {
+                let Packet::Data { block, data } = Packet::parse(p).unwrap() else { panic!() };
+                assert_eq!(block, expect);
+                got.extend_from_slice(data);
+                expect = expect.wrapping_add(1);
+                last = block;
+            }
+            t.on_packet(&ack(last), now);
+            batches = drain_batches(&mut t, 64);
+        }
+        assert_eq!(got, f);
     }
 
     #[test]
