@@ -208,7 +208,10 @@ fn decode_frame(link: u32, f: &[u8], time: f64) -> Option<Datagram> {
         }
         _ => return None,
     };
-    let sport = u16::from_be_bytes([*udp.first()?, *udp.get(1)?]);
+    if udp.len() < 8 {
+        return None;
+    }
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
     let dport = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
     let ulen = (u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]) as usize).clamp(8, udp.len());
     Some(Datagram {
@@ -282,6 +285,15 @@ mod tests {
         let d = read_udp(&ng).unwrap();
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].payload, b"hello");
+    }
+
+    #[test]
+    fn fuzz_crash_udp_header_shorter_than_8() {
+        // Found by `cargo fuzz run pcap_read`: `clamp(8, len)` panics when len < 8.
+        let mut f = eth_udp(b"");
+        f.truncate(14 + 20 + 6);
+        f[16..18].copy_from_slice(&26u16.to_be_bytes());
+        assert!(decode_frame(LINK_ETHERNET, &f, 0.0).is_none());
     }
 
     #[test]
