@@ -47,7 +47,7 @@ done
 for t in ip perfdhcp kea-dhcp4 dnsmasq; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 2; }; done
 [ -x "$PIXIE" ] || { echo "no release build at $PIXIE (cargo build --release)" >&2; exit 2; }
 
-rm -rf "$W"; mkdir -p "$W"
+rm -rf "$W"; mkdir -p "$W/tftproot"
 SPID=""
 stop_server() {
   if [ -n "$SPID" ] && kill -0 "$SPID" 2>/dev/null; then
@@ -87,6 +87,7 @@ pools = ["$2"]
 routers = ["10.79.0.1"]
 [tftp]
 enabled = false
+root = "$W/tftproot"
 [policy]
 scripts = "$REPO/scripts"
 plugins = "$REPO/plugins"

@@ -312,50 +312,6 @@ pub fn ifname(ifindex: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn loopback_pktinfo_round_trip() {
-        let a = bind_udp("127.0.0.1:0".parse().unwrap(), &BindOptions::default()).unwrap();
-        let b = bind_udp("127.0.0.1:0".parse().unwrap(), &BindOptions::default()).unwrap();
-        let to = a.local_addr().unwrap();
-        b.send(b"hello", to, Some("127.0.0.1".parse().unwrap()), 0).await.unwrap();
-        let mut buf = [0u8; 64];
-        let (n, from, info) = a.recv(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"hello");
-        assert_eq!(from, b.local_addr().unwrap());
-        assert_eq!(info.dst, "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_ne!(info.ifindex, 0);
-        assert_eq!(ifname(info.ifindex).as_deref(), Some("lo"));
-    }
-
-    #[tokio::test]
-    async fn oversized_datagram_is_an_error_not_a_short_read() {
-        let a = bind_udp("127.0.0.1:0".parse().unwrap(), &BindOptions::default()).unwrap();
-        let b = bind_udp("127.0.0.1:0".parse().unwrap(), &BindOptions::default()).unwrap();
-        b.send(&[7u8; 100], a.local_addr().unwrap(), None, 0).await.unwrap();
-        let mut buf = [0u8; 10];
-        let e = a.recv(&mut buf).await.unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
-    }
-
-    #[tokio::test]
-    async fn ipv6_loopback() {
-        let Ok(a) = bind_udp("[::1]:0".parse().unwrap(), &BindOptions::default()) else {
-            eprintln!("SKIPPED: no IPv6 loopback");
-            return;
-        };
-        let b = bind_udp("[::1]:0".parse().unwrap(), &BindOptions::default()).unwrap();
-        b.send(b"v6", a.local_addr().unwrap(), None, 0).await.unwrap();
-        let mut buf = [0u8; 16];
-        let (n, _, info) = a.recv(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"v6");
-        assert_eq!(info.dst, "::1".parse::<IpAddr>().unwrap());
-    }
-}
-
 /// Every IPv4 address of every interface: `(interface name, address, prefix length)`, from
 /// `getifaddrs(3)`.
 pub fn ipv4_addrs() -> io::Result<Vec<(String, Ipv4Addr, u8)>> {
@@ -418,4 +374,48 @@ pub fn set_arp_entry(fd: std::os::fd::RawFd, ifname: &str, ip: Ipv4Addr, mac: &[
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn loopback_pktinfo_round_trip() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), &BindOptions::default()).unwrap();
+        let b = bind_udp("127.0.0.1:0".parse().unwrap(), &BindOptions::default()).unwrap();
+        let to = a.local_addr().unwrap();
+        b.send(b"hello", to, Some("127.0.0.1".parse().unwrap()), 0).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from, info) = a.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(from, b.local_addr().unwrap());
+        assert_eq!(info.dst, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_ne!(info.ifindex, 0);
+        assert_eq!(ifname(info.ifindex).as_deref(), Some("lo"));
+    }
+
+    #[tokio::test]
+    async fn oversized_datagram_is_an_error_not_a_short_read() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), &BindOptions::default()).unwrap();
+        let b = bind_udp("127.0.0.1:0".parse().unwrap(), &BindOptions::default()).unwrap();
+        b.send(&[7u8; 100], a.local_addr().unwrap(), None, 0).await.unwrap();
+        let mut buf = [0u8; 10];
+        let e = a.recv(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn ipv6_loopback() {
+        let Ok(a) = bind_udp("[::1]:0".parse().unwrap(), &BindOptions::default()) else {
+            eprintln!("SKIPPED: no IPv6 loopback");
+            return;
+        };
+        let b = bind_udp("[::1]:0".parse().unwrap(), &BindOptions::default()).unwrap();
+        b.send(b"v6", a.local_addr().unwrap(), None, 0).await.unwrap();
+        let mut buf = [0u8; 16];
+        let (n, _, info) = a.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"v6");
+        assert_eq!(info.dst, "::1".parse::<IpAddr>().unwrap());
+    }
 }

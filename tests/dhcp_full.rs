@@ -337,7 +337,7 @@ async fn malformed_requests_are_counted_and_dropped() {
     truncated.extend_from_slice(&[12, 40, b'x']);
     let mut overload = c.relayed(1, &[52, 1, 1]);
     overload[108..112].copy_from_slice(&[12, 200, b'a', b'b']);
-    let mut bad_overload = c.relayed(1, &[52, 1, 7]);
+    let bad_overload = c.relayed(1, &[52, 1, 7]);
     let mut no53 = c.relayed(1, &[]);
     no53[240..243].copy_from_slice(&[0, 0, 0]);
     let before = srv.stats.malformed.load(Ordering::Relaxed);

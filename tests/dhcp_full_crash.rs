@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use pixie::wire::dhcpv4::{self, opt, MessageType};
 
+/// One ACK the load generator saw: (MAC, address).
+type Acked = ([u8; 6], Ipv4Addr);
+
 /// Kills the child on drop (a failed assertion must not leave a server running).
 struct Server(Child);
 
@@ -124,7 +127,7 @@ fn kill_9_under_load_loses_no_acknowledged_lease() {
     wait_ready(to);
 
     // Load: 16 threads, each a stream of new clients doing DORA, until the server dies.
-    let acked: Arc<Mutex<Vec<([u8; 6], Ipv4Addr)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut threads = Vec::new();
     for t in 0..16u8 {

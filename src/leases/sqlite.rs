@@ -171,9 +171,9 @@ mod tests {
             state: LeaseState::Bound,
             expires: 1234,
         };
-        s.apply(&[l.clone()]).unwrap();
+        s.apply(std::slice::from_ref(&l)).unwrap();
         let moved = Lease { ip: Ipv4Addr::new(10, 0, 0, 10), ..l.clone() };
-        s.apply(&[moved.clone()]).unwrap();
+        s.apply(std::slice::from_ref(&moved)).unwrap();
         drop(s);
         let mut r = SqliteLeases::open_read_only(dir.path()).unwrap();
         assert_eq!(r.load().unwrap(), vec![moved]);

@@ -58,6 +58,10 @@ pub enum AllocError {
     Reserved(Ipv4Addr, &'static str),
 }
 
+/// [`LeaseTable::bind`] refused: another client holds the address (or it is quarantined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken;
+
 /// What [`LeaseTable::bind`] changed, to undo it if the durable write fails.
 #[derive(Debug, Clone)]
 pub struct Undo {
@@ -260,9 +264,9 @@ impl LeaseTable {
         hostname: Option<String>,
         lease: u32,
         now: u64,
-    ) -> Result<(Lease, Undo), ()> {
+    ) -> Result<(Lease, Undo), Taken> {
         if !self.available_for(ip, client, now) {
-            return Err(());
+            return Err(Taken);
         }
         let mut undo = Undo { slots: vec![(ip, self.by_ip.get(&ip).cloned())], client: (client.to_vec(), self.address_of(client)) };
         // The store drops the client's other row in the same transaction; so does memory.

@@ -216,6 +216,7 @@ pub fn lease_times(subnet: &Subnet, d: &BootDecision) -> (u32, u32, u32) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Builds an OFFER, ACK (with a lease when `lease` is given; INFORM without) for `yiaddr`.
 pub fn build(
     pkt: &Packet,
