@@ -148,13 +148,18 @@ impl LeaseTable {
     }
 
     fn set(&mut self, ip: Ipv4Addr, slot: Slot) {
+        self.set_slot(ip, slot, true);
+    }
+
+    /// Puts `slot` at `ip`; `map_client` also points the client at `ip`.
+    fn set_slot(&mut self, ip: Ipv4Addr, slot: Slot, map_client: bool) {
         if let Some(old) = self.by_ip.get(&ip) {
             if old.client != slot.client && self.by_client.get(&old.client) == Some(&ip) {
                 let c = old.client.clone();
                 self.by_client.remove(&c);
             }
         }
-        if !slot.client.is_empty() {
+        if map_client && !slot.client.is_empty() {
             self.by_client.insert(slot.client.clone(), ip);
         }
         self.by_ip.insert(ip, slot);
@@ -196,6 +201,11 @@ impl LeaseTable {
         } else {
             self.scan(idx, subnet, now)?
         };
+        // A client that holds a lease elsewhere (the policy now pins another address) keeps
+        // pointing at that lease until it REQUESTs the new one; `bind` then frees the old one.
+        let holds_other = self.address_of(client).is_some_and(|p| {
+            p != ip && self.by_ip.get(&p).is_some_and(|s| s.client == client && s.state == SlotState::Bound && s.until > now)
+        });
         // A client holds one address: an earlier offer of another one is withdrawn.
         if let Some(prev) = self.address_of(client) {
             if prev != ip && self.by_ip.get(&prev).is_some_and(|s| s.state == SlotState::Offered) {
@@ -214,7 +224,7 @@ impl LeaseTable {
                 until: now + u64::from(offer_time),
             },
         };
-        self.set(ip, slot);
+        self.set_slot(ip, slot, !holds_other);
         Ok(ip)
     }
 
@@ -410,6 +420,20 @@ mod tests {
         t.release(want, b"c", 10).unwrap();
         assert!(!t.held_by_other(want, b"z", 10));
         assert_eq!(t.offer(0, &s, b"c", &mac(3), None, None, None, 20, 30), Ok(want), "previous address again");
+    }
+
+    #[test]
+    fn a_new_reservation_replaces_the_old_lease_only_when_requested() {
+        let s = subnet(10, 20);
+        let mut t = LeaseTable::default();
+        let old = t.offer(0, &s, b"a", &mac(1), None, None, None, 0, 30).unwrap();
+        t.bind(old, b"a", &mac(1), None, 100, 0).unwrap();
+        let pinned = Ipv4Addr::new(10, 0, 0, 222);
+        assert_eq!(t.offer(0, &s, b"a", &mac(1), None, None, Some(pinned), 1, 30), Ok(pinned));
+        assert_eq!(t.address_of(b"a"), Some(old), "still on its lease until it requests the new one");
+        t.bind(pinned, b"a", &mac(1), None, 100, 2).unwrap();
+        assert!(t.slot(old).is_none(), "the old lease is freed, as in the store");
+        assert_eq!(t.address_of(b"a"), Some(pinned));
     }
 
     #[test]
