@@ -104,6 +104,20 @@ impl Full {
     }
 }
 
+impl Drop for Full {
+    fn drop(&mut self) {
+        let st = &self.writer.stats;
+        let (commits, records) = (st.commits.load(Ordering::Relaxed), st.records.load(Ordering::Relaxed));
+        info!(
+            commits,
+            records,
+            failures = st.failures.load(Ordering::Relaxed),
+            "lease writer: {records} lease record(s) in {commits} transaction(s) ({:.1} per fsync)",
+            records as f64 / commits.max(1) as f64
+        );
+    }
+}
+
 /// The client's identity for leases: option 61 when present, else htype + chaddr (RFC 2131 §4.2).
 pub fn client_key(pkt: &Packet) -> Vec<u8> {
     match pkt.option(opt::CLIENT_ID) {
