@@ -6,7 +6,7 @@
 //!
 //! | module | what it owns |
 //! |---|---|
-//! | [`wire`] | pure parse/emit of DHCPv4 (on `dhcproto`), PXE sub-options, TFTP packets and the IANA architecture registry. No sockets, no tokio, no Rhai. Fuzzed. |
+//! | [`wire`] | pure parse/emit of DHCPv4 (on `dhcproto`), PXE sub-options, TFTP packets, the IANA architecture registry, and a pcap/pcapng reader. No sockets, no tokio, no Rhai. Fuzzed. |
 //! | [`policy`] | the contract: [`policy::BootRequest`] in, [`policy::Decision`] out, behind the [`policy::Policy`] trait. [`policy::rhai`] is the only module that knows Rhai. |
 //! | [`net`] | UDP sockets that report and choose the interface of each datagram (`IP_PKTINFO`). |
 //! | [`clients`] | the one piece of state shared between protocol servers: which MAC was last seen at which address. |
@@ -14,6 +14,8 @@
 //! | [`dhcpv4`], [`tftp`] | protocol servers: sockets → requests → policy → replies. |
 //! | [`config`] | the on-disk TOML schema and the validated runtime [`config::Config`]. |
 //! | [`server`] | binds sockets, runs the tasks, drains on shutdown. |
+//! | [`store`] | the per-host store scripts keep state in (SQLite `host_store` in `pixie.db`, or memory). |
+//! | [`workbench`] | no sockets: replaying captures through a policy, and policy tests (`cases.toml`). |
 //!
 //! `main.rs` is the CLI: it only parses arguments, calls into this crate, and turns errors into
 //! messages and exit codes.
@@ -26,5 +28,7 @@ pub mod leases;
 pub mod net;
 pub mod policy;
 pub mod server;
+pub mod store;
 pub mod tftp;
 pub mod wire;
+pub mod workbench;

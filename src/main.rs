@@ -14,6 +14,8 @@ use pixie::server::Server;
 use pixie::wire::arch::Arch;
 use tokio_util::sync::CancellationToken;
 
+mod workbench_cli;
+
 #[derive(Parser, Debug)]
 #[command(name = "pixie", version, about = "A network-boot (PXE) server whose boot decisions are Rhai scripts")]
 struct Cli {
@@ -31,10 +33,16 @@ enum Command {
     Simulate(SimulateArgs),
     /// List the leases of full DHCP mode (from <state_dir>/pixie.db).
     Leases(LeasesArgs),
+    /// Run every client request of a packet capture through the policy.
+    Replay(workbench_cli::ReplayArgs),
+    /// Run the policy tests in DIR/cases.toml against the policy in DIR.
+    Test(workbench_cli::TestArgs),
+    /// Show and edit the per-host store scripts use (store.get/set/del).
+    Store(workbench_cli::StoreArgs),
 }
 
 #[derive(Args, Debug)]
-struct PolicyDirs {
+pub(crate) struct PolicyDirs {
     /// Folder of *.rhai scripts forming the policy [default: from the config, else scripts/].
     #[arg(long)]
     scripts: Option<PathBuf>,
@@ -92,9 +100,11 @@ struct ServeArgs {
 struct SimulateArgs {
     #[command(flatten)]
     dirs: PolicyDirs,
-    /// Client MAC address.
-    #[arg(long)]
-    mac: HwAddr,
+    /// Client MAC address (required unless --from-capture).
+    #[arg(long, required_unless_present = "from_capture")]
+    mac: Option<HwAddr>,
+    #[command(flatten)]
+    capture: workbench_cli::FromCapture,
     /// Client architecture: an IANA code (7) or name (x64-uefi); repeat for a list.
     #[arg(long)]
     arch: Vec<String>,
@@ -125,7 +135,7 @@ struct SimulateArgs {
 }
 
 /// An error for the user: the message, and the exit code.
-struct Failure(String, u8);
+pub(crate) struct Failure(pub(crate) String, pub(crate) u8);
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
@@ -140,6 +150,9 @@ fn main() -> ExitCode {
         Command::Check(a) => check(a),
         Command::Simulate(a) => simulate(a),
         Command::Leases(a) => leases(a),
+        Command::Replay(a) => workbench_cli::replay(a),
+        Command::Test(a) => workbench_cli::test(a),
+        Command::Store(a) => workbench_cli::store(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,7 +163,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default: &str) {
+pub(crate) fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PIXIE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr)
@@ -158,7 +171,7 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
-fn load_config(path: Option<&Path>, ov: &Overrides) -> Result<Config, Failure> {
+pub(crate) fn load_config(path: Option<&Path>, ov: &Overrides) -> Result<Config, Failure> {
     let bad = |e: pixie::config::ConfigError| Failure(e.to_string(), 2);
     match path {
         Some(p) => Config::load(p, ov).map_err(bad),
@@ -167,7 +180,7 @@ fn load_config(path: Option<&Path>, ov: &Overrides) -> Result<Config, Failure> {
     }
 }
 
-fn rhai_config(cfg: &Config) -> RhaiConfig {
+pub(crate) fn rhai_config(cfg: &Config) -> RhaiConfig {
     RhaiConfig {
         scripts_dir: cfg.scripts.clone(),
         plugins_dir: cfg.plugins.clone(),
@@ -203,6 +216,7 @@ fn serve(a: ServeArgs) -> Result<(), Failure> {
     }
     let policy = RhaiPolicy::load(rhai_config(&cfg))
         .map_err(|r| Failure(format!("the policy does not compile:\n{r}"), 1))?;
+    workbench_cli::serve_store(&policy, &cfg.state_dir)?;
     let policy = Arc::new(policy);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -229,7 +243,7 @@ async fn wait_for_signal() {
     }
 }
 
-fn dirs_config(d: &PolicyDirs) -> Result<Config, Failure> {
+pub(crate) fn dirs_config(d: &PolicyDirs) -> Result<Config, Failure> {
     let ov = Overrides { scripts: d.scripts.clone(), plugins: d.plugins.clone(), ..Default::default() };
     load_config(d.config.as_deref(), &ov)
 }
@@ -259,7 +273,10 @@ fn simulate(a: SimulateArgs) -> Result<(), Failure> {
     let phase = Phase::from_name(&a.phase).ok_or_else(|| {
         Failure(format!("'{}' is not a phase (discover, request, inform, proxy-4011, solicit, request6)", a.phase), 2)
     })?;
-    let mut req = BootRequest::new_v4(a.mac, phase);
+    if a.capture.from_capture.is_some() {
+        return workbench_cli::simulate_from_capture(&a.capture, &rhai_config(&cfg), a.at.as_deref(), a.json);
+    }
+    let mut req = BootRequest::new_v4(a.mac.clone().expect("clap: required without --from-capture"), phase);
     for s in &a.arch {
         let arch = Arch::from_name(s)
             .ok_or_else(|| Failure(format!("'{s}' is not an architecture code or name (e.g. 7 or x64-uefi)"), 2))?;
@@ -277,6 +294,7 @@ fn simulate(a: SimulateArgs) -> Result<(), Failure> {
     req.relay = a.relay;
     req.hostname = a.hostname;
     let policy = RhaiPolicy::load(rhai_config(&cfg)).map_err(|r| Failure(format!("the policy does not compile:\n{r}"), 1))?;
+    workbench_cli::connect_store(&policy, a.capture.state_dir.as_deref())?;
     if let Some(at) = &a.at {
         let t = chrono::DateTime::parse_from_rfc3339(at)
             .map_err(|e| Failure(format!("--at '{at}' is not an RFC 3339 time ({e}); e.g. 2026-11-25T22:30:00+01:00"), 2))?;

@@ -124,6 +124,8 @@ impl Serve {
                 .arg(d.path("plugins"))
                 .arg("--tftp-root")
                 .arg(d.path("tftproot"))
+                .arg("--state-dir")
+                .arg(d.path("state"))
                 .args(extra)
                 .env("PIXIE_LOG", "info")
                 .stdout(Stdio::null())

@@ -47,6 +47,15 @@ struct Flow {
     marker: &'static str,
     /// File names pixie must have decided for the client, in boot order.
     decisions: &'static [&'static str],
+    /// Policy scripts folder, relative to the repository root.
+    scripts: &'static str,
+    /// Plugins folder, relative to the repository root.
+    plugins: &'static str,
+    /// iPXE scripts to put in the TFTP root: (file name, word). Each prints
+    /// `PIXIE-IPXE-OK <word>`, so the marker tells which one the policy chose.
+    extra: &'static [(&'static str, &'static str)],
+    /// The phase the decisions must be logged in (`discover` or `proxy-4011`).
+    phase: &'static str,
 }
 
 const BIOS_IPXE: Flow = Flow {
@@ -56,6 +65,10 @@ const BIOS_IPXE: Flow = Flow {
     nic_rom: "default",
     marker: "PIXIE-NBP-OK",
     decisions: &["pixie-bios.0"],
+    scripts: "tests/e2e/scripts",
+    plugins: "tests/e2e/plugins",
+    extra: &[],
+    phase: "discover",
 };
 
 const UEFI_EDK2: Flow = Flow {
@@ -65,6 +78,10 @@ const UEFI_EDK2: Flow = Flow {
     nic_rom: "none",
     marker: "PIXIE-IPXE-OK",
     decisions: &["ipxe.efi", "boot.ipxe"],
+    scripts: "tests/e2e/scripts",
+    plugins: "tests/e2e/plugins",
+    extra: &[],
+    phase: "discover",
 };
 
 const UEFI_IPXE: Flow = Flow {
@@ -74,7 +91,116 @@ const UEFI_IPXE: Flow = Flow {
     nic_rom: "default",
     marker: "PIXIE-IPXE-OK",
     decisions: &["boot.ipxe"],
+    scripts: "tests/e2e/scripts",
+    plugins: "tests/e2e/plugins",
+    extra: &[],
+    phase: "discover",
 };
+
+/// The same BIOS boot, but the policy leaves the boot file out of the OFFER (phase
+/// `discover`) and gives it only on port 4011: BIOS iPXE must ask the boot server port.
+const BIOS_IPXE_4011: Flow = Flow {
+    name: "bios-ipxe-proxy-4011",
+    scripts: "tests/e2e/scripts-4011",
+    phase: "proxy-4011",
+    ..BIOS_IPXE
+};
+
+/// EDK2 asks port 4011 from source port 4011 (with ciaddr), then the chain-loaded iPXE-EFI
+/// asks it from port 68 with its DHCP xid: both shapes of 4011 request, from real firmware.
+const UEFI_EDK2_4011: Flow = Flow {
+    name: "uefi-edk2-proxy-4011",
+    scripts: "tests/e2e/scripts-4011",
+    phase: "proxy-4011",
+    ..UEFI_EDK2
+};
+
+/// examples/per-arch on BIOS: the iPXE ROM is already iPXE, so it gets its platform's script.
+const EXAMPLE_PER_ARCH_BIOS: Flow = Flow {
+    name: "example-per-arch-bios",
+    marker: "PIXIE-IPXE-OK per-arch-bios",
+    decisions: &["boot-bios.ipxe"],
+    scripts: "examples/per-arch/scripts",
+    plugins: "examples/per-arch/plugins",
+    extra: &[("boot-bios.ipxe", "per-arch-bios")],
+    ..BIOS_IPXE
+};
+
+/// examples/per-arch on UEFI: EDK2 gets ipxe.efi, which then gets the x64 EFI script.
+const EXAMPLE_PER_ARCH_UEFI: Flow = Flow {
+    name: "example-per-arch-uefi",
+    marker: "PIXIE-IPXE-OK per-arch-x64-efi",
+    decisions: &["ipxe.efi", "boot-x64-efi.ipxe"],
+    scripts: "examples/per-arch/scripts",
+    plugins: "examples/per-arch/plugins",
+    extra: &[("boot-x64-efi.ipxe", "per-arch-x64-efi")],
+    ..UEFI_EDK2
+};
+
+/// examples/install-once, first boot: a new machine gets the installer.
+const EXAMPLE_INSTALL_FIRST: Flow = Flow {
+    name: "example-install-once-1",
+    marker: "PIXIE-IPXE-OK installer",
+    decisions: &["install.ipxe"],
+    scripts: "examples/install-once/scripts",
+    plugins: "examples/install-once/plugins",
+    extra: &[("install.ipxe", "installer"), ("local.ipxe", "local-disk")],
+    ..BIOS_IPXE
+};
+
+/// examples/install-once, after the installer reported back: the local-disk script.
+const EXAMPLE_INSTALL_SECOND: Flow = Flow {
+    name: "example-install-once-2",
+    marker: "PIXIE-IPXE-OK local-disk",
+    decisions: &["local.ipxe"],
+    ..EXAMPLE_INSTALL_FIRST
+};
+
+#[test]
+fn example_per_arch_boots_bios_and_uefi() {
+    if skip(&EXAMPLE_PER_ARCH_UEFI) {
+        return;
+    }
+    run_flow_with_state(&EXAMPLE_PER_ARCH_BIOS, None);
+    run_flow_with_state(&EXAMPLE_PER_ARCH_UEFI, None);
+}
+
+/// Two boots of one machine on one state folder: the first installs, then the installer's
+/// callback (here: `pixie store set`, as the example's README shows) marks it installed, and
+/// the second boot goes to the local disk.
+#[test]
+fn example_install_once_installs_then_boots_from_disk() {
+    if skip(&EXAMPLE_INSTALL_FIRST) {
+        return;
+    }
+    let state = tempfile::Builder::new().prefix("pixie-e2e-state.").tempdir().expect("tempdir");
+    run_flow_with_state(&EXAMPLE_INSTALL_FIRST, Some(state.path()));
+    let pixie = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pixie"))
+            .arg("store")
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(args)
+            .output()
+            .expect("run pixie store");
+        assert!(out.status.success(), "pixie store {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let during = pixie(&["get", CLIENT_MAC]);
+    assert!(during.contains("installing"), "after the first boot the store says: {during}");
+    pixie(&["set", CLIENT_MAC, r#"{"state":"installed"}"#]);
+    run_flow_with_state(&EXAMPLE_INSTALL_SECOND, Some(state.path()));
+}
+
+#[test]
+fn bios_ipxe_rom_boots_via_the_4011_boot_server() {
+    run_flow(&BIOS_IPXE_4011);
+}
+
+#[test]
+fn uefi_edk2_and_ipxe_efi_boot_via_the_4011_boot_server() {
+    run_flow(&UEFI_EDK2_4011);
+}
 
 #[test]
 fn bios_ipxe_rom_boots_our_nbp_via_proxydhcp() {
@@ -193,7 +319,11 @@ fn host_slot() -> HostSlot {
 }
 
 /// Assemble the NBP and stage the boot files into a fresh TFTP root.
-fn build_tftp_root(dir: &Path) {
+fn build_tftp_root(dir: &Path, flow: &Flow) {
+    for (name, word) in flow.extra {
+        let script = format!("#!ipxe\necho PIXIE-IPXE-OK {word} ${{net0/mac}} ${{platform}}\nsleep 600\n");
+        fs::write(dir.join(name), script).expect("write an iPXE marker script");
+    }
     let src = manifest_dir().join("tests/e2e");
     let out = Command::new(find_tool("nasm").expect("nasm"))
         .args(["-f", "bin", "-o"])
@@ -213,7 +343,7 @@ fn build_tftp_root(dir: &Path) {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod tftp root");
 }
 
-fn server_command(tftp_root: &Path, dnsmasq: bool) -> Vec<String> {
+fn server_command(tftp_root: &Path, dnsmasq: bool, flow: &Flow, state_dir: &Path) -> Vec<String> {
     let e2e = manifest_dir().join("tests/e2e");
     if dnsmasq {
         return vec![
@@ -227,9 +357,11 @@ fn server_command(tftp_root: &Path, dnsmasq: bool) -> Vec<String> {
         "--interface".into(),
         BRIDGE.into(),
         "--scripts".into(),
-        e2e.join("scripts").display().to_string(),
+        manifest_dir().join(flow.scripts).display().to_string(),
         "--plugins".into(),
-        e2e.join("plugins").display().to_string(),
+        manifest_dir().join(flow.plugins).display().to_string(),
+        "--state-dir".into(),
+        state_dir.display().to_string(),
         "--tftp-root".into(),
         tftp_root.display().to_string(),
         "--dhcp-mode".into(),
@@ -269,31 +401,45 @@ fn read_lossy(path: &Path) -> String {
 }
 
 /// The INFO line pixie logs for its decision on `mac` with `filename`.
-fn decision_line<'a>(log: &'a str, mac: &str, filename: &str) -> Option<&'a str> {
+fn decision_line<'a>(log: &'a str, mac: &str, filename: &str, phase: &str) -> Option<&'a str> {
     log.lines().find(|line| {
         let plain = line.replace('"', "");
         plain.contains("INFO")
             && plain.contains(&format!("mac={mac}"))
             && plain.contains("decision")
             && plain.contains(&format!("filename={filename}"))
+            && plain.contains(&format!("phase={phase}"))
     })
 }
 
 fn run_flow(flow: &Flow) {
+    if skip(flow) {
+        return;
+    }
+    run_flow_with_state(flow, None);
+}
+
+/// Whether `flow` cannot run here (printed as SKIPPED; a failure under CI=true).
+fn skip(flow: &Flow) -> bool {
     if let Some(why) = missing_prerequisite(flow) {
         if in_ci() {
             panic!("{}: prerequisite missing with CI=true: {why}", flow.name);
         }
         eprintln!("SKIPPED: {}: {why}", flow.name);
-        return;
+        return true;
     }
+    false
+}
+
+/// Runs one boot; `state_dir` is pixie's `--state-dir` (a fresh one when `None`).
+fn run_flow_with_state(flow: &Flow, state_dir: Option<&Path>) {
     let use_dnsmasq = std::env::var("PIXIE_E2E_SERVER").map(|v| v == "dnsmasq").unwrap_or(false);
 
     let _vm = ONE_VM.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let _slot = host_slot();
 
     let tftp_root = tempfile::Builder::new().prefix("pixie-e2e-root.").tempdir().expect("tempdir");
-    build_tftp_root(tftp_root.path());
+    build_tftp_root(tftp_root.path(), flow);
     let workdir = tempfile::Builder::new().prefix("pixie-e2e-work.").tempdir().expect("tempdir");
     let harness_log = workdir.path().join("harness.log");
 
@@ -309,7 +455,9 @@ fn run_flow(flow: &Flow) {
         fs::create_dir_all(&dir).expect("create PIXIE_E2E_PCAP_DIR");
         cmd.arg("--pcap").arg(dir.join(format!("{}.pcap", flow.name)));
     }
-    cmd.arg("--").args(server_command(tftp_root.path(), use_dnsmasq));
+    let own_state = workdir.path().join("state");
+    let state_dir = state_dir.unwrap_or(&own_state);
+    cmd.arg("--").args(server_command(tftp_root.path(), use_dnsmasq, flow, state_dir));
     cmd.env("PATH", search_path())
         .env("NO_COLOR", "1")
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -364,9 +512,10 @@ fn run_flow(flow: &Flow) {
     }
     if !use_dnsmasq {
         for file in flow.decisions {
-            if decision_line(&server_log, CLIENT_MAC, file).is_none() {
+            if decision_line(&server_log, CLIENT_MAC, file, flow.phase).is_none() {
                 problems.push(format!(
-                    "server.log has no INFO line with mac={CLIENT_MAC}, 'decision' and filename={file}"
+                    "server.log has no INFO line with mac={CLIENT_MAC}, 'decision', filename={file} and phase={}",
+                    flow.phase
                 ));
             }
         }
@@ -389,7 +538,8 @@ fn run_flow(flow: &Flow) {
 fn decision_line_matcher() {
     let log = "2025-01-01T00:00:00Z  INFO pixie::dhcpv4: decision mac=52:54:00:77:00:10 phase=discover filename=\"pixie-bios.0\"\n\
                2025-01-01T00:00:00Z  INFO pixie::dhcpv4: decision mac=52:54:00:77:00:11 filename=boot.ipxe\n";
-    assert!(decision_line(log, CLIENT_MAC, "pixie-bios.0").is_some());
-    assert!(decision_line(log, CLIENT_MAC, "boot.ipxe").is_none());
+    assert!(decision_line(log, CLIENT_MAC, "pixie-bios.0", "discover").is_some());
+    assert!(decision_line(log, CLIENT_MAC, "pixie-bios.0", "proxy-4011").is_none());
+    assert!(decision_line(log, CLIENT_MAC, "boot.ipxe", "discover").is_none());
     assert_eq!(strip_ansi("\u{1b}[3mmac\u{1b}[0m\u{1b}[2m=\u{1b}[0mx"), "mac=x");
 }

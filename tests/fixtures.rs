@@ -114,18 +114,47 @@ fn shared_fixture_quirks() {
 }
 
 #[test]
-fn own_captures_parse() {
+fn own_captures_parse_to_the_right_values() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/captures");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let p = entry.path();
-        if p.extension().is_some_and(|e| e == "pcap" || e == "pcapng") {
-            for (_, r, _) in client_requests(&p) {
-                assert_eq!(r.mac.to_string(), MAC, "{}", p.display());
-                assert!(r.pxe_client(), "{}", p.display());
-                n += 1;
-            }
+    let u = Some(UUID);
+    let n = check_capture(&dir.join("bios-ipxe-proxy.pcap"), Arch::X86Bios, true, (1, 2, 1), u)
+        + check_capture(&dir.join("bios-ipxe-proxy-4011.pcap"), Arch::X86Bios, true, (1, 2, 1), u)
+        + check_capture(&dir.join("uefi-ipxe-proxy.pcap"), Arch::X64Uefi, true, (1, 3, 10), u);
+    assert!(n >= 6, "only {n} client requests");
+    // The EDK2 capture holds two clients in turn: EDK2 itself, then the chain-loaded iPXE.
+    for name in ["uefi-edk2-proxy.pcap", "uefi-edk2-proxy-4011.pcap"] {
+        let reqs = client_requests(&dir.join(name));
+        let (edk2, ipxe): (Vec<_>, Vec<_>) = reqs.iter().partition(|(_, r, _)| !r.ipxe);
+        assert!(!edk2.is_empty() && !ipxe.is_empty(), "{name}");
+        for (_, r, _) in &edk2 {
+            assert_eq!(r.arches, vec![Arch::X64Uefi]);
+            assert_eq!(r.vendor_class.as_deref(), Some("PXEClient:Arch:00007:UNDI:003000"));
+            assert_eq!(r.uuid.map(|u| u.to_string()).as_deref(), u);
+        }
+        for (_, r, _) in &ipxe {
+            assert_eq!(r.user_class, vec!["iPXE".to_string()]);
+            assert_eq!(r.mac.to_string(), MAC);
         }
     }
-    eprintln!("{n} client requests in the project's own captures");
+}
+
+#[test]
+fn own_captures_show_every_shape_of_port_4011_request() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/captures");
+    let reqs = client_requests(&dir.join("uefi-edk2-proxy-4011.pcap"));
+    let at_4011: Vec<_> = reqs.iter().filter(|(p, _, _)| *p == Phase::Proxy4011).collect();
+    assert_eq!(at_4011.len(), 2, "EDK2 and then iPXE-EFI ask port 4011");
+    // EDK2: from source port 4011, ciaddr set, its own xid.
+    let (_, r, pkt) = at_4011.iter().find(|(_, r, _)| !r.ipxe).unwrap();
+    assert_eq!(r.source.unwrap().port(), 4011);
+    assert!(!pkt.ciaddr.is_unspecified());
+    // iPXE-EFI: from port 68 with the xid of its DHCP exchange.
+    let (_, r, pkt) = at_4011.iter().find(|(_, r, _)| r.ipxe).unwrap();
+    assert_eq!(r.source.unwrap().port(), 68);
+    let disc = reqs.iter().filter(|(p, r, _)| *p == Phase::Discover && r.ipxe).last().unwrap();
+    assert_eq!(pkt.xid, disc.2.xid);
+    // BIOS iPXE asks 4011 from port 68 too.
+    let reqs = client_requests(&dir.join("bios-ipxe-proxy-4011.pcap"));
+    let (_, r, _) = reqs.iter().find(|(p, _, _)| *p == Phase::Proxy4011).unwrap();
+    assert_eq!(r.source.unwrap().port(), 68);
 }

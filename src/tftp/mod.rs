@@ -1,38 +1,80 @@
-//! TFTP server (being written on its own branch; this placeholder keeps the wiring compiling).
+//! Read-only TFTP server: RFC 1350 with option negotiation (RFC 2347), blksize (RFC 2348),
+//! tsize and timeout (RFC 2349) and windowsize (RFC 7440).
+//!
+//! # Layout
+//! | module | what |
+//! |---|---|
+//! | [`crate::wire::tftp`] | packet parse/emit, no I/O |
+//! | [`options`] | negotiation: which options are acknowledged with which values |
+//! | [`transfer`] | the sans-IO state machine of one read transfer (windows, ACKs, timeouts) |
+//! | [`root`] | resolving a client's file name safely inside the root |
+//! | [`netascii`] | LF → CR LF conversion on the fly |
+//! | [`server`] | the socket tasks: one listener, one task and socket per transfer; [`serve`] |
+//!
+//! # Behaviour an operator sees
+//! - Requests are answered from the address they were sent to (multi-homed hosts), each transfer
+//!   from its own ephemeral port, bound to the listener's interface if the listener was.
+//! - Before a file is opened the policy's `file` hook decides: serve, remap, generate or refuse.
+//!   A policy error is logged with the client's MAC and the file is served as requested (the same
+//!   as a policy without a `tftp` hook): a broken script must not stop machines from booting.
+//! - blksize is limited by [`TftpConfig::max_blksize`] and by the MTU of the interface the request
+//!   arrived on ([`TftpConfig::clamp_blksize_to_mtu`]), so data never relies on IP fragmentation
+//!   (some PXE ROMs cannot reassemble). windowsize is capped so that window × blksize stays within
+//!   [`TftpConfig::max_window_bytes`].
+//! - Write requests get ERROR 2 "read-only server"; more than [`TftpConfig::max_transfers`]
+//!   transfers, or [`TftpConfig::max_per_client`] from one address, get ERROR 3.
+
+pub mod netascii;
+pub mod options;
+pub mod root;
+pub mod server;
+pub mod transfer;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+pub use server::serve;
 
-/// Placeholder configuration.
-#[derive(Debug, Clone, Default)]
+/// Runtime settings of the TFTP server (already validated).
+#[derive(Debug, Clone)]
 pub struct TftpConfig {
-    /// Root.
+    /// Directory served; nothing outside it is ever read (see [`root`]).
     pub root: PathBuf,
-    /// Max transfers.
+    /// Transfers in progress at once, over all clients; further requests get ERROR 3.
     pub max_transfers: usize,
-    /// Per client.
+    /// Transfers in progress at once from one client address.
     pub max_per_client: usize,
-    /// Timeout.
+    /// Retransmission timeout unless the client negotiates one.
     pub timeout: Duration,
-    /// Retries.
+    /// Consecutive retransmissions without progress before a transfer is abandoned.
     pub retries: u32,
-    /// Max blksize.
+    /// Largest blksize granted (RFC 2348 maximum: 65464).
     pub max_blksize: u16,
-    /// Window bytes.
+    /// Whether blksize is also limited to the MTU of the interface the request came in on.
+    pub clamp_blksize_to_mtu: bool,
+    /// Upper bound on windowsize × blksize: the bytes in flight per transfer, and the size of its
+    /// window buffer.
     pub max_window_bytes: usize,
+    /// Bytes read from a file at once (read-ahead buffer per transfer).
+    pub read_ahead: usize,
+    /// Send each window (windowsize > 1) with UDP GSO, one system call per up to 64 blocks; the
+    /// transfer falls back to one send per block by itself where GSO is refused.
+    pub udp_gso: bool,
 }
 
-/// Placeholder: waits for shutdown.
-pub async fn serve(
-    _socket: crate::net::PktSocket,
-    _cfg: TftpConfig,
-    _policy: Arc<dyn crate::policy::Policy>,
-    _clients: crate::clients::ClientTable,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    shutdown.cancelled().await;
-    Ok(())
+impl Default for TftpConfig {
+    fn default() -> TftpConfig {
+        TftpConfig {
+            root: PathBuf::from("/srv/tftp"),
+            max_transfers: 512,
+            max_per_client: 8,
+            timeout: Duration::from_secs(1),
+            retries: 5,
+            max_blksize: crate::wire::tftp::MAX_BLKSIZE,
+            clamp_blksize_to_mtu: true,
+            max_window_bytes: 64 * 1024,
+            read_ahead: 64 * 1024,
+            udp_gso: true,
+        }
+    }
 }

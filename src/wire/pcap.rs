@@ -175,7 +175,7 @@ fn decode_frame(link: u32, f: &[u8], time: f64) -> Option<Datagram> {
             (et, f.get(off..)?, Some(mac))
         }
         LINK_SLL => (u16::from_be_bytes([*f.get(14)?, *f.get(15)?]), f.get(16..)?, None),
-        LINK_SLL2 => (u16::from_be_bytes([*f.get(0)?, *f.get(1)?]), f.get(20..)?, None),
+        LINK_SLL2 => (u16::from_be_bytes([*f.first()?, *f.get(1)?]), f.get(20..)?, None),
         LINK_RAW | LINK_IPV4 | LINK_IPV6 => {
             let v = f.first()? >> 4;
             (if v == 6 { 0x86dd } else { 0x0800 }, f, None)
@@ -185,7 +185,7 @@ fn decode_frame(link: u32, f: &[u8], time: f64) -> Option<Datagram> {
     let (src, dst, udp) = match ethertype {
         0x0800 => {
             let ihl = ((ip.first()? & 0x0f) as usize) * 4;
-            if *ip.get(9)? != 17 || ihl < 20 {
+            if ip.len() < 20 || ip[9] != 17 || ihl < 20 {
                 return None;
             }
             let frag = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]);
@@ -282,6 +282,13 @@ mod tests {
         let d = read_udp(&ng).unwrap();
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].payload, b"hello");
+    }
+
+    #[test]
+    fn fuzz_crash_short_ipv4_header() {
+        // Found by `cargo fuzz run pcap_read`: an IPv4 header cut after byte 16 indexed past it.
+        let crash: &[u8] = &[212, 195, 178, 161, 0, 63, 0, 212, 10, 0, 0, 0, 12, 93, 64, 0, 10, 0, 0, 1, 229, 0, 0, 0, 0, 0, 0, 1, 0, 0, 161, 0, 18, 0, 0, 0, 12, 0, 0, 0, 12, 147, 0, 0, 0, 0, 0, 0, 12, 17, 0, 0, 0, 0, 0, 40, 0, 0, 0, 40, 0, 0, 0];
+        let _ = read_udp(crash);
     }
 
     #[test]

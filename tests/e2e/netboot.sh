@@ -31,6 +31,11 @@ Options:
                          Option ROM of the NIC (none = romfile=).
   --marker STRING        String to wait for on serial (default PIXIE-NBP-OK).
   --timeout SEC          Give up after SEC seconds from QEMU start (default 120).
+  --fail-marker STRING   FAIL as soon as STRING shows on serial (repeatable;
+                         'none' = no fail markers).  Default: the firmware
+                         giving up on network boot -- bios: 'No more network
+                         devices', 'No bootable device'; uefi: 'BdsDxe: failed
+                         to load' (a boot option failed or returned).
   --pcap FILE            Capture the bridge with tcpdump for the whole run.
   --pcap-filter EXPR     Capture filter (default 'udp or arp').
   --workdir DIR          Keep logs here (default: mktemp, removed on PASS).
@@ -66,13 +71,13 @@ setup_error() { echo "$ME: setup error: $*" >&2; exit 2; }
 # ---- options ----------------------------------------------------------------
 FIRMWARE=bios NIC=e1000 NIC_ROM=default MARKER=PIXIE-NBP-OK TIMEOUT=120
 PCAP='' PCAP_FILTER='udp or arp' WORKDIR='' MAC=52:54:00:77:00:10 UUID=''
-READY=() READY_TIMEOUT=20 AUX=1 RA=1 UEFI_IPV6=0 MEMORY=256 QEMU_EXTRA=() TAIL=30
+FAIL_MARKERS=() READY=() READY_TIMEOUT=20 AUX=1 RA=1 UEFI_IPV6=0 MEMORY=256 QEMU_EXTRA=() TAIL=30
 
 while [ $# -gt 0 ]; do
     opt=$1
     case $opt in
         --firmware|--nic|--nic-rom|--marker|--timeout|--pcap|--pcap-filter|--workdir|\
-        --mac|--uuid|--ready-port|--ready-timeout|--memory|--qemu-arg|--tail)
+        --mac|--uuid|--ready-port|--ready-timeout|--memory|--qemu-arg|--tail|--fail-marker)
             [ $# -ge 2 ] || setup_error "$opt needs a value"
             val=$2; shift 2
             case $opt in
@@ -91,6 +96,7 @@ while [ $# -gt 0 ]; do
                 --memory) MEMORY=$val ;;
                 --qemu-arg) QEMU_EXTRA+=("$val") ;;
                 --tail) TAIL=$val ;;
+                --fail-marker) FAIL_MARKERS+=("$val") ;;
             esac ;;
         --no-aux) AUX=0; shift ;;
         --no-ra) RA=0; shift ;;
@@ -109,6 +115,12 @@ case $FIRMWARE in bios|uefi) ;; *) setup_error "--firmware must be bios or uefi"
 [[ $MAC =~ ^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$ ]] || setup_error "bad --mac '$MAC'"
 [ -n "$MARKER" ] || setup_error "--marker must not be empty"
 [ ${#READY[@]} -gt 0 ] || READY=(67 4011 69)
+if [ ${#FAIL_MARKERS[@]} -eq 0 ]; then
+    case $FIRMWARE in
+        bios) FAIL_MARKERS=('No more network devices' 'No bootable device') ;;
+        uefi) FAIL_MARKERS=('BdsDxe: failed to load') ;;
+    esac
+fi
 for p in "${READY[@]}"; do
     [[ $p =~ ^(none|[0-9]+)$ ]] || setup_error "bad --ready-port '$p'"
 done
@@ -327,6 +339,9 @@ verdict='' why=''
 deadline=$((SECONDS + TIMEOUT))
 while :; do
     if grep -aqF -- "$MARKER" "$SERIAL"; then verdict=PASS; break; fi
+    for m in "${FAIL_MARKERS[@]}"; do
+        [ "$m" != none ] && grep -aqF -- "$m" "$SERIAL" && { why="firmware gave up: '$m' on serial"; break 2; }
+    done
     if ! kill -0 "$QEMU_PID" 2>/dev/null; then why="QEMU exited"; break; fi
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then why="server exited"; break; fi
     if grep -aq 'KVM internal error' "$QEMU_LOG"; then why="KVM internal error"; break; fi

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rhai::{CallFnOptions, Dynamic, Engine, Scope, AST};
 
 use super::diag::{self, CompileReport, Diagnostic};
-use super::engine::{self, Clock};
+use super::engine::{self, Env};
 use super::resolver::PluginResolver;
 use super::{rhai_files, Limits};
 use crate::policy::PolicyError;
@@ -62,6 +62,8 @@ pub(crate) struct HookFn {
     pub(crate) file: String,
     /// Line of its `fn`, if found.
     pub(crate) line: Option<usize>,
+    /// Column of its `fn`, if found.
+    pub(crate) column: Option<usize>,
     /// All scripts merged, with this hook's file as source.
     ast: AST,
 }
@@ -70,6 +72,11 @@ impl HookFn {
     /// `file:line` of the hook's definition.
     pub(crate) fn location(&self) -> String {
         diag::location(&self.file, self.line, None)
+    }
+
+    /// `file:line:column` of its `fn` (for errors about what it returned).
+    pub(crate) fn position(&self) -> String {
+        diag::location(&self.file, self.line, self.column)
     }
 }
 
@@ -83,11 +90,32 @@ pub(crate) struct Compiled {
     fn_files: HashMap<String, String>,
     /// Script files with the hooks each defines.
     pub(crate) files: Vec<(PathBuf, Vec<String>)>,
+    /// Text of each script file, by file name as in [`HookFn::file`] (to locate map keys).
+    sources: HashMap<String, String>,
 }
 
 impl Compiled {
     pub(crate) fn hook(&self, hook: Hook) -> Option<&HookFn> {
         self.hooks.iter().find(|h| h.hook == hook)
+    }
+
+    /// Where `key` of a map returned by hook `h` is written: the first `key:` at or after the
+    /// hook's line in its file, else anywhere in the scripts, else the hook's own position.
+    /// A textual search, for messages only (a map built elsewhere points at the hook).
+    pub(crate) fn key_location(&self, h: &HookFn, key: Option<&str>) -> String {
+        let Some(key) = key else { return h.position() };
+        let from = h.line.unwrap_or(1);
+        if let Some((l, c)) = self.sources.get(&h.file).and_then(|t| find_key(t, key, from)) {
+            return diag::location(&h.file, Some(l), Some(c));
+        }
+        let mut others: Vec<_> = self.sources.iter().filter(|(f, _)| **f != h.file).collect();
+        others.sort();
+        for (file, text) in others {
+            if let Some((l, c)) = find_key(text, key, 1) {
+                return diag::location(file, Some(l), Some(c));
+            }
+        }
+        h.position()
     }
 
     /// Calls a hook with a fresh scope under the deadline.
@@ -156,6 +184,34 @@ pub(crate) fn find_fn(text: &str, name: &str) -> Option<(usize, usize)> {
     None
 }
 
+/// Finds a map key written as `key:` or `"key":` (not `key::`) at or after line `from`:
+/// its line and column.
+pub(crate) fn find_key(text: &str, key: &str, from: usize) -> Option<(usize, usize)> {
+    let bare = key.trim_matches('"');
+    for (i, line) in text.lines().enumerate().skip(from.saturating_sub(1)) {
+        let code = line.split("//").next().unwrap_or("");
+        let b = code.as_bytes();
+        let mut start = 0;
+        while let Some(off) = code[start..].find(bare) {
+            let at = start + off;
+            start = at + bare.len();
+            let (mut lo, mut hi) = (at, at + bare.len());
+            if lo > 0 && b[lo - 1] == b'"' && b.get(hi) == Some(&b'"') {
+                lo -= 1;
+                hi += 1;
+            }
+            if lo > 0 && is_ident(b[lo - 1]) || b.get(hi).is_some_and(|c| is_ident(*c)) {
+                continue;
+            }
+            let rest = code[hi..].trim_start();
+            if rest.starts_with(':') && !rest.starts_with("::") {
+                return Some((i + 1, lo + 1));
+            }
+        }
+    }
+    None
+}
+
 fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
@@ -165,13 +221,13 @@ pub(crate) fn compile(
     scripts_dir: &Path,
     plugins_dir: &Path,
     limits: &Limits,
-    clock: Clock,
+    env: &Env,
     generation: u64,
 ) -> Result<Compiled, CompileReport> {
     let mut diags: Vec<Diagnostic> = Vec::new();
     let resolver = PluginResolver::new(plugins_dir);
     let plugin_files = resolver.all_files();
-    let engine = engine::build(limits, resolver, clock);
+    let engine = engine::build(limits, resolver, env, scripts_dir);
 
     let files = match rhai_files(scripts_dir) {
         Ok(f) if f.is_empty() => {
@@ -198,6 +254,7 @@ pub(crate) fn compile(
     // (name, arity) → (file, line and column of its `fn`)
     let mut defs: HashMap<(String, usize), Def> = HashMap::new();
     let mut report_files = Vec::new();
+    let mut sources = HashMap::new();
     for path in &files {
         let file = path.display().to_string();
         let text = match std::fs::read_to_string(path) {
@@ -214,11 +271,12 @@ pub(crate) fn compile(
         let mut ast = match engine.compile(&text) {
             Ok(a) => a,
             Err(e) => {
-                diags.push(diag::from_parse_error(&file, &e));
+                diags.push(diag::from_parse_error_in(&file, &e, &text));
                 continue;
             }
         };
         ast.set_source(file.as_str());
+        sources.insert(file.clone(), text.clone());
         let mut hooks = Vec::new();
         for f in ast.iter_functions() {
             let at = find_fn(&text, f.name);
@@ -274,7 +332,7 @@ pub(crate) fn compile(
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 if let Err(e) = engine.compile(&text) {
-                    diags.push(diag::from_parse_error(&path.display().to_string(), &e));
+                    diags.push(diag::from_parse_error_in(&path.display().to_string(), &e, &text));
                 }
             }
             Err(e) => diags.push(Diagnostic::at(
@@ -337,6 +395,7 @@ pub(crate) fn compile(
                 hook,
                 file: file.clone(),
                 line: at.map(|a| a.0),
+                column: at.map(|a| a.1),
                 ast,
             });
         }
@@ -347,6 +406,7 @@ pub(crate) fn compile(
         hooks,
         fn_files,
         files: report_files,
+        sources,
     })
 }
 
@@ -361,5 +421,14 @@ mod tests {
         assert_eq!(find_fn(src, "booted"), Some((2, 1)));
         assert_eq!(find_fn(src, "tftp"), None);
         assert_eq!(find_fn("let nfn boot(x)", "boot"), None);
+    }
+
+    #[test]
+    fn find_key_skips_paths_prefixes_and_earlier_lines() {
+        let src = "fn boot(req) {\n  let f = arch::x(req); // filename: no\n  #{ myfilename: 1, filename : 5, \"60\": 1 }\n}";
+        assert_eq!(find_key(src, "filename", 1), Some((3, 21)));
+        assert_eq!(find_key(src, "arch", 1), None);
+        assert_eq!(find_key(src, "\"60\"", 1), Some((3, 35)));
+        assert_eq!(find_key(src, "filename", 4), None);
     }
 }

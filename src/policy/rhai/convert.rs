@@ -265,17 +265,21 @@ pub(crate) const BOOT_KEYS: &[&str] = &[
 
 /// Converts the value returned by `fn boot(req)` into a decision.
 ///
-/// `location` is where the hook is defined (`scripts/boot.rhai:12`): every error names it.
-pub(crate) fn to_decision(value: Dynamic, location: &str) -> Result<Decision, PolicyError> {
-    let bad = |message: String| PolicyError::BadReturn {
-        location: location.to_string(),
+/// `locate` turns the offending key of the returned map (`None`: the value as a whole) into
+/// `file:line:column` for the error: where that key is written, else where the hook is.
+pub(crate) fn to_decision(
+    value: Dynamic,
+    locate: &dyn Fn(Option<&str>) -> String,
+) -> Result<Decision, PolicyError> {
+    let bad = |key: Option<&str>, message: String| PolicyError::BadReturn {
+        location: locate(key),
         message,
     };
     if value.is_unit() {
         return Ok(Decision::Ignore);
     }
     let Some(map) = value.clone().try_cast::<Map>() else {
-        return Err(bad(format!(
+        return Err(bad(None, format!(
             "`boot` returned {}; return () to ignore the client or a map such as \
              #{{ filename: \"ipxe.efi\" }} to answer it",
             kind(&value)
@@ -284,30 +288,36 @@ pub(crate) fn to_decision(value: Dynamic, location: &str) -> Result<Decision, Po
     let mut d = BootDecision::default();
     for (key, v) in map {
         let key = key.as_str();
+        let at = |m: String| bad(Some(key), m);
         match key {
-            "filename" => d.filename = Some(string_of(key, v).map_err(bad)?),
-            "server_name" => d.server_name = Some(string_of(key, v).map_err(bad)?),
-            "next_server" => d.next_server = Some(ip_of(key, v).map_err(bad)?),
-            "address" => d.address = Some(ip_of(key, v).map_err(bad)?),
+            "filename" => d.filename = Some(string_of(key, v).map_err(at)?),
+            "server_name" => d.server_name = Some(string_of(key, v).map_err(at)?),
+            "next_server" => d.next_server = Some(ip_of(key, v).map_err(at)?),
+            "address" => d.address = Some(ip_of(key, v).map_err(at)?),
             "lease_time" => {
                 let n = v.as_int().map_err(|_| {
-                    bad(format!(
+                    at(format!(
                         "`lease_time` must be an integer (seconds), not {}",
                         kind(&v)
                     ))
                 })?;
                 d.lease_time = Some(u32::try_from(n).map_err(|_| {
-                    bad(format!(
+                    at(format!(
                         "`lease_time` must be 0..=4294967295 seconds, not {n}"
                     ))
                 })?);
             }
-            "options" => d.options = options_of(v).map_err(bad)?,
+            "options" => {
+                d.options = options_of(v).map_err(|(code, m)| match code {
+                    Some(c) => bad(Some(&format!("\"{c}\"")), m),
+                    None => at(m),
+                })?
+            }
             other => {
                 let hint = nearest(other, BOOT_KEYS)
                     .map(|n| format!("did you mean `{n}`? "))
                     .unwrap_or_default();
-                return Err(bad(format!(
+                return Err(at(format!(
                     "`boot` returned a map with unknown key `{other}`; {hint}valid keys: {}",
                     BOOT_KEYS.join(", ")
                 )));
@@ -331,28 +341,30 @@ fn ip_of(key: &str, v: Dynamic) -> Result<IpAddr, String> {
         .map_err(|_| format!("`{key}` must be an IP address such as \"192.0.2.10\", not {s:?}"))
 }
 
-fn options_of(v: Dynamic) -> Result<BTreeMap<u16, OptionValue>, String> {
+/// The `options` map; an error names the offending key (as written) when there is one.
+fn options_of(v: Dynamic) -> Result<BTreeMap<u16, OptionValue>, (Option<String>, String)> {
     let Some(map) = v.clone().try_cast::<Map>() else {
-        return Err(format!(
+        return Err((None, format!(
             "`options` must be a map from option number to value, e.g. \
              #{{ \"60\": \"PXEClient\" }}, not {}",
             kind(&v)
-        ));
+        )));
     };
     let mut out = BTreeMap::new();
     for (key, v) in map {
+        let with_key = |m: String| (Some(key.to_string()), m);
         let code = key
             .trim()
             .parse::<u16>()
             .ok()
             .filter(|c| (1..=254).contains(c))
             .ok_or_else(|| {
-                format!(
+                with_key(format!(
                     "`options` key `{key}` is not an option number 1..=254; write the number as \
                      a string key, e.g. #{{ \"66\": \"192.0.2.10\" }}"
-                )
+                ))
             })?;
-        out.insert(code, option_value(code, v)?);
+        out.insert(code, option_value(code, v).map_err(with_key)?);
     }
     Ok(out)
 }

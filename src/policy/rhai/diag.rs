@@ -107,6 +107,48 @@ pub(crate) fn from_parse_error(file: &str, err: &ParseError) -> Diagnostic {
     Diagnostic::at(file, err.position(), message)
 }
 
+/// Keywords a misspelt word before a parse error is compared with.
+const KEYWORDS: &[&str] = &[
+    "return", "let", "const", "if", "else", "fn", "for", "while", "loop", "import", "switch",
+    "throw", "break", "continue", "private", "export", "true", "false", "do", "until",
+];
+
+/// [`from_parse_error`], with hints that need the file's text: an error at the very end of
+/// the file (an unclosed block), and a misspelt keyword just before the error (`retrun x`).
+pub(crate) fn from_parse_error_in(file: &str, err: &ParseError, text: &str) -> Diagnostic {
+    let mut d = from_parse_error(file, err);
+    let pos = err.position();
+    let (Some(line), col) = (pos.line(), pos.position().unwrap_or(1)) else { return d };
+    let base = err.0.to_string();
+    let at_end = text.lines().skip(line - 1).collect::<String>().trim().is_empty()
+        || line > text.lines().count();
+    if at_end && matches!(*err.0, ParseErrorType::MissingToken(..) | ParseErrorType::UnexpectedEOF) {
+        d.message = format!(
+            "{base}; hint: the file ends inside a block or expression: look for an unclosed \
+             `{{`, `(` or `[` above"
+        );
+        return d;
+    }
+    if let Some(code) = text.lines().nth(line - 1) {
+        let before: String = code.chars().take(col.saturating_sub(1)).collect();
+        let word: String = before
+            .trim_end()
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        if !word.is_empty() && !KEYWORDS.contains(&word.as_str()) {
+            if let Some(k) = nearest(&word, KEYWORDS).filter(|k| k.len() > 2) {
+                d.message = format!("{base}; hint: `{word}` is not a keyword: did you mean `{k}`?");
+            }
+        }
+    }
+    d
+}
+
 fn parse_hint(err: &ParseErrorType) -> Option<String> {
     if err.to_string().contains("'eval'") {
         return Some(

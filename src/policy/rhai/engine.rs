@@ -21,6 +21,25 @@ pub(crate) type Clock = Arc<RwLock<Option<DateTime<FixedOffset>>>>;
 thread_local! {
     /// When the hook running on this thread started (`None`: no deadline applies).
     static CALL_STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The time `now()` returned during the hook running on this thread, if it was called.
+    static NOW_USED: Cell<Option<DateTime<FixedOffset>>> = const { Cell::new(None) };
+}
+
+/// Runs `f` and reports the time `now()` returned while it ran (`None`: not called).
+pub(crate) fn tracking_now<R>(f: impl FnOnce() -> R) -> (R, Option<DateTime<FixedOffset>>) {
+    let outer = NOW_USED.with(|c| c.replace(None));
+    let r = f();
+    let used = NOW_USED.with(|c| c.replace(outer));
+    (r, used)
+}
+
+/// What a generation's engine is connected to besides its plugins.
+#[derive(Clone)]
+pub(crate) struct Env {
+    /// The fixed clock of `--at`, shared by every generation.
+    pub(crate) clock: Clock,
+    /// The per-host store, shared by every generation.
+    pub(crate) store: super::host::StoreSlot,
 }
 
 /// Runs `f` (one hook call, or one load-time evaluation) under the engine's deadline.
@@ -41,7 +60,8 @@ pub(crate) fn with_deadline<R>(f: impl FnOnce() -> R) -> R {
 const DEADLINE_CHECK_EVERY: u64 = 64;
 
 /// Builds the engine for one generation.
-pub(crate) fn build(limits: &Limits, resolver: PluginResolver, clock: Clock) -> Engine {
+pub(crate) fn build(limits: &Limits, resolver: PluginResolver, env: &Env, scripts_dir: &std::path::Path) -> Engine {
+    let clock = env.clock.clone();
     let mut engine = Engine::new();
 
     engine.set_max_operations(limits.max_operations);
@@ -90,11 +110,15 @@ pub(crate) fn build(limits: &Limits, resolver: PluginResolver, clock: Clock) -> 
 
     engine.register_fn("now", move || -> Map {
         let fixed = *clock.read().expect("clock lock poisoned");
+        // The server's local time zone (TZ, else /etc/localtime) unless `--at` fixed the time.
         let at = fixed.unwrap_or_else(|| Local::now().fixed_offset());
+        NOW_USED.with(|c| c.set(Some(at)));
         now_map(&at)
     });
 
     convert::register(&mut engine);
+    super::host::register_store(&mut engine, env.store.clone());
+    super::host::register_data(&mut engine, scripts_dir);
     engine
 }
 
@@ -114,5 +138,6 @@ pub(crate) fn now_map(at: &DateTime<FixedOffset>) -> Map {
     m.insert("timestamp".into(), Dynamic::from_int(at.timestamp()));
     m.insert("date".into(), at.format("%Y-%m-%d").to_string().into());
     m.insert("time".into(), at.format("%H:%M:%S").to_string().into());
+    m.insert("tz".into(), at.format("%:z").to_string().into());
     m
 }

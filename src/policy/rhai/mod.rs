@@ -44,7 +44,12 @@
 //! another file, `false` to refuse. `ack` in `booted(ack)`: `mac`, `client`, `fields` (map).
 //!
 //! Helpers: `now()` (map: `year month day hour minute second weekday` (`"mon"`…`"sun"`)
-//! `weekday_num` (1 = Monday) `timestamp date time`, honouring [`RhaiPolicy::set_clock`]);
+//! `weekday_num` (1 = Monday) `timestamp date time tz`, in the server's local time zone (`TZ`)
+//! unless [`RhaiPolicy::set_clock`] fixed it; the time used is logged with the decision);
+//! `store.get(key)` / `store.get(key, default)` / `store.set(key, value)` / `store.del(key)` /
+//! `store.keys()` (the per-host store, [`RhaiPolicy::set_store`]; `store` is a reserved name);
+//! `read_data("hosts.csv")` (a `.csv` (array of maps), `.toml`, `.json` or text file in the
+//! scripts directory, re-read when it changes);
 //! `log_info`, `log_warn`, `log_error`, `print`, `debug` (to `tracing`, target
 //! `pixie::script`); `import "name" as name;` from the plugins directory. `eval` is disabled.
 //!
@@ -70,6 +75,7 @@ mod compile;
 mod convert;
 mod diag;
 mod engine;
+mod host;
 mod resolver;
 mod watch;
 
@@ -91,6 +97,10 @@ use crate::policy::{
     BootDecision, BootRequest, BootedEvent, Decision, FileDecision, FileRequest, Policy,
     PolicyError,
 };
+use crate::store::{HostStore, MemoryStore};
+
+/// The time a hook's `now()` returned (local time zone, or the fixed `--at` time).
+pub type UsedTime = chrono::DateTime<chrono::FixedOffset>;
 
 /// Bounds on one hook call. Every call gets the full budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,9 +173,17 @@ pub struct RhaiConfig {
 ///
 /// On success lists each script file with the hooks it defines.
 pub fn check(scripts_dir: &Path, plugins_dir: &Path) -> Result<CheckReport, CompileReport> {
-    let clock: engine::Clock = Arc::new(RwLock::new(None));
-    let c = compile::compile(scripts_dir, plugins_dir, &Limits::default(), clock, 0)?;
+    let c = compile::compile(scripts_dir, plugins_dir, &Limits::default(), &new_env(), 0)?;
     Ok(CheckReport { files: c.files })
+}
+
+/// A fixed-clock-less environment with an in-memory store.
+fn new_env() -> engine::Env {
+    let store: Arc<dyn HostStore> = Arc::new(MemoryStore::new());
+    engine::Env {
+        clock: Arc::new(RwLock::new(None)),
+        store: Arc::new(RwLock::new(store)),
+    }
 }
 
 /// `*.rhai` files directly in `dir`, sorted by name, hidden files skipped.
@@ -193,8 +211,8 @@ pub struct RhaiPolicy {
     current: ArcSwap<Compiled>,
     /// The error of the last reload, cleared by a good one. std Mutex: never held across awaits.
     last_error: Mutex<Option<CompileReport>>,
-    /// Fixed "now" for `simulate --at`, shared by all generations.
-    clock: engine::Clock,
+    /// Fixed "now" for `simulate --at` and the per-host store, shared by all generations.
+    env: engine::Env,
     /// Serialises reloads (watcher and manual) so generations are numbered in order.
     reloading: Mutex<()>,
 }
@@ -213,22 +231,49 @@ impl fmt::Debug for RhaiPolicy {
 impl RhaiPolicy {
     /// Compiles the policy for the first time; unlike [`RhaiPolicy::reload`] there is no
     /// previous policy to keep, so any problem is an error. The first generation is 1.
+    ///
+    /// Scripts start with an in-memory store; see [`RhaiPolicy::set_store`].
     pub fn load(cfg: RhaiConfig) -> Result<RhaiPolicy, CompileReport> {
-        let clock: engine::Clock = Arc::new(RwLock::new(None));
-        let compiled = compile::compile(
-            &cfg.scripts_dir,
-            &cfg.plugins_dir,
-            &cfg.limits,
-            clock.clone(),
-            1,
-        )?;
+        let env = new_env();
+        let compiled =
+            compile::compile(&cfg.scripts_dir, &cfg.plugins_dir, &cfg.limits, &env, 1)?;
         Ok(RhaiPolicy {
             cfg,
             current: ArcSwap::from_pointee(compiled),
             last_error: Mutex::new(None),
-            clock,
+            env,
             reloading: Mutex::new(()),
         })
+    }
+
+    /// Connects `store.get/set/del` in scripts (every generation, from the next call on) to
+    /// `store`, e.g. a [`crate::store::SqliteStore`].
+    pub fn set_store(&self, store: Arc<dyn HostStore>) {
+        *self.env.store.write().expect("store slot poisoned") = store;
+    }
+
+    /// The store scripts currently use.
+    pub fn store(&self) -> Arc<dyn HostStore> {
+        self.env.store.read().expect("store slot poisoned").clone()
+    }
+
+    /// [`Policy::boot`], also reporting the time the script's `now()` returned (`None` if the
+    /// script did not call it).
+    pub fn boot_traced(&self, req: &BootRequest) -> (Result<Decision, PolicyError>, Option<UsedTime>) {
+        let c = self.current.load_full();
+        let Some(h) = c.hook(Hook::Boot) else {
+            return (Ok(Decision::Ignore), None);
+        };
+        let (v, used) = engine::tracking_now(|| {
+            c.call(h, Dynamic::from(ScriptBootRequest(Arc::new(req.clone()))))
+        });
+        let fixed = self.env.clock.read().expect("clock lock poisoned").is_some();
+        if let Some(t) = used {
+            let how = if fixed { "fixed by --at" } else { "local time" };
+            tracing::info!(target: "pixie::policy", now = %t.to_rfc3339(), "the policy read now() ({how})");
+        }
+        let d = v.and_then(|v| convert::to_decision(v, &|key| c.key_location(h, key)));
+        (d, used)
     }
 
     /// Recompiles the scripts and swaps the result in. On error the last good policy stays
@@ -240,7 +285,7 @@ impl RhaiPolicy {
             &self.cfg.scripts_dir,
             &self.cfg.plugins_dir,
             &self.cfg.limits,
-            self.clock.clone(),
+            &self.env,
             next,
         );
         let mut last = self.last_error.lock().expect("last_error lock poisoned");
@@ -272,7 +317,7 @@ impl RhaiPolicy {
 
     /// Fixes what `now()` returns in scripts (`simulate --at`); `None` = real local time.
     pub fn set_clock(&self, at: Option<chrono::DateTime<chrono::FixedOffset>>) {
-        *self.clock.write().expect("clock lock poisoned") = at;
+        *self.env.clock.write().expect("clock lock poisoned") = at;
     }
 
     /// What the caller should answer when a hook fails (see the module docs).
@@ -295,12 +340,7 @@ impl RhaiPolicy {
 
 impl Policy for RhaiPolicy {
     fn boot(&self, req: &BootRequest) -> Result<Decision, PolicyError> {
-        let c = self.current.load_full();
-        let Some(h) = c.hook(Hook::Boot) else {
-            return Ok(Decision::Ignore);
-        };
-        let v = c.call(h, Dynamic::from(ScriptBootRequest(Arc::new(req.clone()))))?;
-        convert::to_decision(v, &h.location())
+        self.boot_traced(req).0
     }
 
     fn file(&self, req: &FileRequest) -> Result<FileDecision, PolicyError> {

@@ -88,8 +88,29 @@ impl PluginResolver {
             )
         })?;
         let canon = display.canonicalize().map_err(|e| {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return format!("import \"{name}\": cannot open {}: {e}; {HOW}", display.display());
+            }
+            // Say what is there, and the likely intended name.
+            let names: Vec<String> = self
+                .all_files()
+                .iter()
+                .filter_map(|p| Some(p.file_stem()?.to_string_lossy().into_owned()))
+                .collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let stem = file.trim_end_matches(".rhai");
+            let fix = match super::diag::nearest(stem, &refs) {
+                Some(n) => format!("did you mean `import \"{n}\"`? "),
+                None => String::new(),
+            };
+            let there = if names.is_empty() {
+                format!("{} holds no plugins", self.dir.display())
+            } else {
+                format!("plugins in {}: {}", self.dir.display(), names.join(", "))
+            };
             format!(
-                "import \"{name}\": cannot open {}: {e}; {HOW}",
+                "import \"{name}\": cannot open {}: no such plugin; {fix}{there}; or create {}",
+                display.display(),
                 display.display()
             )
         })?;

@@ -376,14 +376,23 @@ fn each_bad_return_says_what_to_fix() {
     ];
     for (ret, expected) in cases {
         let (location, message) = bad_return(&format!("\n\nfn boot(req) {{\n  {ret}\n}}"));
-        assert!(
-            location.ends_with("scripts/boot.rhai:3"),
-            "{ret}: {location}"
-        );
+        // A map's bad key is located where it is written (line 4); any other value at the
+        // hook's `fn` (line 3, column 1).
+        let want = if ret.starts_with("#{") { "scripts/boot.rhai:4:" } else { "scripts/boot.rhai:3:1" };
+        assert!(location.contains(want), "{ret}: {location}");
         for e in *expected {
             assert!(message.contains(e), "{ret}: {message:?} lacks {e:?}");
         }
     }
+}
+
+#[test]
+fn a_bad_key_is_located_where_it_is_written() {
+    let (location, _) = bad_return("fn boot(req) {\n  let d = #{ filename: \"a\" };\n  d.next_server = \"nope\";\n  #{ filename: \"x\",\n     options: #{ \"6\": true } }\n}");
+    assert!(location.ends_with("scripts/boot.rhai:5:18"), "{location}");
+    let (location, message) = bad_return("fn boot(req) {\n  #{\n    filenme: \"x\" }\n}");
+    assert!(location.ends_with("scripts/boot.rhai:3:5"), "{location}");
+    assert!(message.contains("did you mean `filename`"), "{message}");
 }
 
 // ---------------------------------------------------------------- errors at request time

@@ -1,0 +1,336 @@
+//! Safe resolution of a client-supplied file name inside the TFTP root.
+//!
+//! The rules, in order (each refusal names its reason for the log):
+//! 1. The name must be valid UTF-8, contain no NUL byte, be at most [`MAX_NAME`] bytes long with
+//!    no component over 255 bytes (the kernel's `NAME_MAX`).
+//! 2. `\` is a separator, like `/` (Windows clients and some PXE menus send `boot\x64\pxe.efi`).
+//! 3. Leading separators are dropped: `/pxelinux.0` and `//pxelinux.0` mean `pxelinux.0` in the
+//!    root. This is what tftpd-hpa (`-s`, a chroot) and dnsmasq do, and what operators expect since
+//!    many DHCP configs and firmwares send absolute-looking names. A Windows drive prefix
+//!    (`C:/…`) is refused as an absolute path we cannot map.
+//! 4. Empty and `.` components are skipped; a `..` component anywhere is refused, even where it
+//!    would stay inside the root (`a/../b`): no legitimate boot path needs it.
+//! 5. The path is canonicalised (symlinks followed) and must still lie under the canonical root:
+//!    a symlink inside the root that points outside it is refused. Point such links into the root
+//!    or copy the file.
+//! 6. Only regular files are served (not directories, devices, FIFOs or sockets). The file is
+//!    opened with `O_NOFOLLOW | O_NONBLOCK` and checked again with `fstat` on the open descriptor,
+//!    so a last component swapped for a symlink or FIFO after the check is still refused. (A race
+//!    on intermediate directories needs write access to the root, which is outside our threat
+//!    model.)
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::wire::tftp::ErrorCode;
+
+/// Longest accepted file name in bytes.
+pub const MAX_NAME: usize = 1024;
+/// Longest accepted path component in bytes.
+pub const MAX_COMPONENT: usize = 255;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not UTF-8.
+    NotUtf8,
+    /// Contains a NUL byte.
+    Nul,
+    /// Longer than [`MAX_NAME`] or a component longer than [`MAX_COMPONENT`].
+    TooLong,
+    /// Empty after stripping separators.
+    Empty,
+    /// Contains a `..` component.
+    DotDot,
+    /// An absolute path we cannot map into the root (`C:\…`).
+    Absolute,
+    /// The canonical path (after symlinks) lies outside the root.
+    OutsideRoot,
+    /// Not a regular file (directory, device, FIFO, socket).
+    NotRegular,
+    /// No such file (or a component is not a directory).
+    NotFound,
+    /// Permission denied or another I/O error.
+    Io(String),
+}
+
+impl Refusal {
+    /// The TFTP error code to answer with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::NotFound => ErrorCode::FileNotFound,
+            _ => ErrorCode::AccessViolation,
+        }
+    }
+
+    /// The message for the client: short, without our paths.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            Refusal::NotFound => "file not found",
+            Refusal::Io(_) => "cannot open file",
+            _ => "access violation",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NotUtf8 => f.write_str("name is not valid UTF-8"),
+            Refusal::Nul => f.write_str("name contains a NUL byte"),
+            Refusal::TooLong => write!(f, "name longer than {MAX_NAME} bytes or a component over {MAX_COMPONENT}"),
+            Refusal::Empty => f.write_str("empty name"),
+            Refusal::DotDot => f.write_str("name contains a '..' component"),
+            Refusal::Absolute => f.write_str("absolute Windows path"),
+            Refusal::OutsideRoot => f.write_str("resolves (through a symlink) outside the root"),
+            Refusal::NotRegular => f.write_str("not a regular file"),
+            Refusal::NotFound => f.write_str("no such file"),
+            Refusal::Io(e) => write!(f, "cannot open: {e}"),
+        }
+    }
+}
+
+/// The TFTP root, canonicalised once at start.
+#[derive(Debug, Clone)]
+pub struct Root {
+    canonical: PathBuf,
+}
+
+/// An opened file ready to serve.
+#[derive(Debug)]
+pub struct Opened {
+    /// The open file.
+    pub file: File,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The name relative to the root, normalised (for logs).
+    pub relative: String,
+}
+
+impl Root {
+    /// Canonicalises `dir`; fails if it does not exist or is not a directory.
+    pub fn new(dir: &Path) -> io::Result<Root> {
+        let canonical =
+            dir.canonicalize().map_err(|e| io::Error::new(e.kind(), format!("TFTP root {}: {e}", dir.display())))?;
+        if !canonical.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("TFTP root {} is not a directory", dir.display()),
+            ));
+        }
+        Ok(Root { canonical })
+    }
+
+    /// The canonical root directory.
+    pub fn path(&self) -> &Path {
+        &self.canonical
+    }
+
+    /// Checks a name (rules 1–4) and returns it normalised, relative to the root, with `/`
+    /// separators. Does not touch the file system.
+    pub fn normalise(name: &[u8]) -> Result<String, Refusal> {
+        if name.contains(&0) {
+            return Err(Refusal::Nul);
+        }
+        if name.len() > MAX_NAME {
+            return Err(Refusal::TooLong);
+        }
+        let name = std::str::from_utf8(name).map_err(|_| Refusal::NotUtf8)?;
+        let unified = name.replace('\\', "/");
+        let b = unified.as_bytes();
+        if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' && (b.len() == 2 || b[2] == b'/') {
+            return Err(Refusal::Absolute);
+        }
+        let mut parts = Vec::new();
+        for c in unified.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => return Err(Refusal::DotDot),
+                c if c.len() > MAX_COMPONENT => return Err(Refusal::TooLong),
+                c => parts.push(c),
+            }
+        }
+        if parts.is_empty() {
+            return Err(Refusal::Empty);
+        }
+        Ok(parts.join("/"))
+    }
+
+    /// Resolves and opens `name` (all rules). Blocking: call it off the async reactor.
+    pub fn open(&self, name: &[u8]) -> Result<Opened, Refusal> {
+        let relative = Self::normalise(name)?;
+        let joined = self.canonical.join(&relative);
+        let canonical = joined.canonicalize().map_err(io_refusal)?;
+        if !canonical.starts_with(&self.canonical) {
+            return Err(Refusal::OutsideRoot);
+        }
+        if !canonical.metadata().map_err(io_refusal)?.is_file() {
+            return Err(Refusal::NotRegular);
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&canonical)
+            .map_err(io_refusal)?;
+        let meta = file.metadata().map_err(io_refusal)?;
+        if !meta.is_file() {
+            return Err(Refusal::NotRegular);
+        }
+        Ok(Opened { file, size: meta.len(), relative })
+    }
+}
+
+fn io_refusal(e: io::Error) -> Refusal {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => Refusal::NotFound,
+        _ if e.raw_os_error() == Some(libc::ELOOP) => Refusal::OutsideRoot,
+        _ => Refusal::Io(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::symlink;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: Root,
+        outside: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::fs::create_dir_all(base.join("root/sub/deeper")).unwrap();
+        std::fs::write(base.join("root/pxelinux.0"), b"nbp").unwrap();
+        std::fs::write(base.join("root/sub/file.cfg"), b"cfg").unwrap();
+        std::fs::write(base.join("root/sub/deeper/x"), b"x").unwrap();
+        std::fs::write(base.join("secret"), b"secret").unwrap();
+        symlink(base.join("secret"), base.join("root/escape")).unwrap();
+        symlink("../secret", base.join("root/escape-rel")).unwrap();
+        symlink("/etc", base.join("root/etc-dir")).unwrap();
+        symlink("sub/file.cfg", base.join("root/inside-link")).unwrap();
+        symlink(base.join("root/sub"), base.join("root/subdir-link")).unwrap();
+        let root = Root::new(&base.join("root")).unwrap();
+        Fixture { outside: base.join("secret"), root, _dir: dir }
+    }
+
+    fn read(r: &Root, name: &[u8]) -> Result<Vec<u8>, Refusal> {
+        let mut o = r.open(name)?;
+        let mut v = Vec::new();
+        o.file.read_to_end(&mut v).unwrap();
+        assert_eq!(o.size, v.len() as u64);
+        Ok(v)
+    }
+
+    #[test]
+    fn serves_plain_names_and_leading_slashes() {
+        let f = fixture();
+        for name in ["pxelinux.0", "/pxelinux.0", "//pxelinux.0", "\\pxelinux.0", "./pxelinux.0", "/./pxelinux.0"] {
+            assert_eq!(read(&f.root, name.as_bytes()).unwrap(), b"nbp", "{name}");
+        }
+        for name in [
+            "sub/file.cfg",
+            "sub//file.cfg",
+            "sub\\file.cfg",
+            "/sub\\.\\file.cfg",
+            "subdir-link/file.cfg",
+            "inside-link",
+        ] {
+            assert_eq!(read(&f.root, name.as_bytes()).unwrap(), b"cfg", "{name}");
+        }
+        assert_eq!(f.root.open(b"/sub\\file.cfg").unwrap().relative, "sub/file.cfg");
+    }
+
+    #[test]
+    fn dot_dot_is_refused_in_every_position() {
+        let f = fixture();
+        for name in [
+            "..",
+            "../secret",
+            "/../secret",
+            "sub/../pxelinux.0",
+            "sub/../../secret",
+            "sub/deeper/../../..",
+            "..\\secret",
+            "sub\\..\\..\\secret",
+            "sub/..",
+            "./..",
+            "//../secret",
+            "sub/deeper/..",
+        ] {
+            assert_eq!(f.root.open(name.as_bytes()).unwrap_err(), Refusal::DotDot, "{name}");
+        }
+        // Dots that are not a whole component are names like any other.
+        assert_eq!(f.root.open(b"...").unwrap_err(), Refusal::NotFound);
+        assert_eq!(f.root.open(b"..x").unwrap_err(), Refusal::NotFound);
+    }
+
+    #[test]
+    fn absolute_paths_stay_inside_the_root() {
+        let f = fixture();
+        let outside = f.outside.to_str().unwrap();
+        // "/tmp/…/secret" maps to "<root>/tmp/…/secret", which does not exist.
+        assert_eq!(f.root.open(outside.as_bytes()).unwrap_err(), Refusal::NotFound);
+        assert_eq!(f.root.open(b"/etc/passwd").unwrap_err(), Refusal::NotFound);
+        assert_eq!(f.root.open(b"C:\\Windows\\win.ini").unwrap_err(), Refusal::Absolute);
+        assert_eq!(f.root.open(b"c:").unwrap_err(), Refusal::Absolute);
+        assert_eq!(f.root.open(b"/").unwrap_err(), Refusal::Empty);
+        assert_eq!(f.root.open(b"").unwrap_err(), Refusal::Empty);
+        assert_eq!(f.root.open(b"./").unwrap_err(), Refusal::Empty);
+    }
+
+    #[test]
+    fn symlinks_out_of_the_root_are_refused() {
+        let f = fixture();
+        assert_eq!(f.root.open(b"escape").unwrap_err(), Refusal::OutsideRoot);
+        assert_eq!(f.root.open(b"escape-rel").unwrap_err(), Refusal::OutsideRoot);
+        assert_eq!(f.root.open(b"etc-dir/passwd").unwrap_err(), Refusal::OutsideRoot);
+    }
+
+    #[test]
+    fn bad_bytes_and_lengths_are_refused() {
+        let f = fixture();
+        assert_eq!(f.root.open(b"pxelinux.0\0.cfg").unwrap_err(), Refusal::Nul);
+        assert_eq!(f.root.open(b"\xff\xfe").unwrap_err(), Refusal::NotUtf8);
+        assert_eq!(f.root.open(b"sub/\xc3(").unwrap_err(), Refusal::NotUtf8);
+        assert_eq!(f.root.open(&[b'a'; 4096]).unwrap_err(), Refusal::TooLong);
+        assert_eq!(f.root.open(&[b'a'; 256]).unwrap_err(), Refusal::TooLong);
+        let mut many = b"/".repeat(MAX_NAME);
+        many.extend_from_slice(b"pxelinux.0");
+        assert_eq!(f.root.open(&many).unwrap_err(), Refusal::TooLong);
+        assert_eq!(f.root.open(&[b'a'; 255]).unwrap_err(), Refusal::NotFound);
+    }
+
+    #[test]
+    fn only_regular_files() {
+        let f = fixture();
+        assert_eq!(f.root.open(b"sub").unwrap_err(), Refusal::NotRegular);
+        assert_eq!(f.root.open(b"sub/").unwrap_err(), Refusal::NotRegular);
+        assert_eq!(f.root.open(b"subdir-link").unwrap_err(), Refusal::NotRegular);
+        assert_eq!(f.root.open(b"missing").unwrap_err(), Refusal::NotFound);
+        assert_eq!(f.root.open(b"pxelinux.0/x").unwrap_err(), Refusal::NotFound);
+        let fifo = f.root.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(f.root.open(b"fifo").unwrap_err(), Refusal::NotRegular);
+    }
+
+    #[test]
+    fn refusal_codes() {
+        assert_eq!(Refusal::NotFound.code(), ErrorCode::FileNotFound);
+        assert_eq!(Refusal::DotDot.code(), ErrorCode::AccessViolation);
+        assert_eq!(Refusal::OutsideRoot.code(), ErrorCode::AccessViolation);
+    }
+
+    #[test]
+    fn missing_root_is_an_error() {
+        assert!(Root::new(Path::new("/nonexistent/pixie-root")).is_err());
+    }
+}

@@ -1,0 +1,574 @@
+//! Socket tasks: the listener on port 69 and one task per transfer.
+//!
+//! The listener only classifies datagrams, enforces the transfer limits and spawns; everything
+//! that may block (the policy call, opening the file) runs inside the transfer's own task, on
+//! `spawn_blocking`, so one slow script or disk never delays other clients' requests.
+//! Each transfer owns its socket (its transfer ID), bound to the local address the request was
+//! sent to, and drives a [`Transfer`] state machine; this file is the thin glue between them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use super::netascii::{converted_size, NetasciiReader};
+use super::options::{blksize_for_mtu, negotiate, Limits};
+use super::root::Root;
+use super::transfer::{Failure, Params, Status, Transfer};
+use super::TftpConfig;
+use crate::clients::ClientTable;
+use crate::net::{PktInfo, PktSocket};
+use crate::policy::{FileDecision, FileRequest, HwAddr, Policy};
+use crate::wire::tftp::{error_packet, ErrorCode, Mode, Packet, ParseError, Request};
+
+/// How long a cached interface MTU is trusted.
+const MTU_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Shared {
+    /// The MTU of interface `ifindex`, cached for [`MTU_CACHE_TTL`]. Blocking (sysfs).
+    fn mtu(&self, ifindex: u32) -> Option<u32> {
+        let now = Instant::now();
+        if let Some((m, at)) = self.mtu_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&ifindex) {
+            if now.duration_since(*at) < MTU_CACHE_TTL {
+                return *m;
+            }
+        }
+        let m = interface_mtu(ifindex);
+        let mut cache = self.mtu_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(ifindex, (m, now));
+        m
+    }
+}
+
+/// How long in-flight transfers get to send their shutdown ERROR before they are aborted.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// State every transfer task reads; immutable after start but for the MTU cache.
+#[derive(Debug)]
+struct Shared {
+    /// ifindex → (MTU, when read): interface MTUs rarely change, and reading one costs a socket,
+    /// an ioctl and a sysfs read per request otherwise. std Mutex: held for a map lookup only.
+    mtu_cache: std::sync::Mutex<HashMap<u32, (Option<u32>, Instant)>>,
+    cfg: TftpConfig,
+    root: Root,
+    policy: Arc<dyn Policy>,
+    clients: ClientTable,
+    /// The listener's `SO_BINDTODEVICE`, copied onto every transfer socket.
+    device: Option<Vec<u8>>,
+    /// The listener's port (for [`FileRequest::local`]).
+    port: u16,
+}
+
+/// Serves TFTP read requests arriving on `socket` until `shutdown` is cancelled; then cancels the
+/// transfers in flight (each sends the client an ERROR 0 "server shutting down"), waits for them
+/// (at most 2 s) and returns.
+///
+/// Fails only at start, when the root cannot be opened; per-request problems are logged.
+pub async fn serve(
+    socket: PktSocket,
+    cfg: TftpConfig,
+    policy: Arc<dyn Policy>,
+    clients: ClientTable,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let root = Root::new(&cfg.root)?;
+    let device = SockRef::from(socket.inner()).device().ok().flatten();
+    let port = socket.local_addr()?.port();
+    info!(addr = %socket.local_addr()?, root = %root.path().display(), "TFTP server listening");
+    let shared = Arc::new(Shared { cfg, root, policy, clients, device, port, mtu_cache: Default::default() });
+    let mut listener = Listener {
+        socket,
+        shared,
+        tasks: JoinSet::new(),
+        owners: HashMap::new(),
+        per_client: HashMap::new(),
+        shutdown: shutdown.clone(),
+    };
+    // A request larger than any TFTP packet is an error from `recv`, not a silent truncation.
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(done) = listener.tasks.join_next_with_id(), if !listener.tasks.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        if e.is_panic() {
+                            error!("TFTP transfer task panicked: {e}");
+                        }
+                        e.id()
+                    }
+                };
+                listener.release(id);
+            }
+            r = listener.socket.recv(&mut buf) => match r {
+                Ok((n, from, info)) => listener.on_datagram(&buf[..n], from, info).await,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => debug!("TFTP listener: {e}"),
+                Err(e) => {
+                    warn!("TFTP listener receive failed: {e}");
+                    // Do not spin on a persistent error.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+    // Transfers hold child tokens of `shutdown`: they are cancelled already.
+    let n = listener.tasks.len();
+    if n > 0 {
+        info!(transfers = n, "TFTP server stopping: cancelling transfers in flight");
+    }
+    let drained =
+        tokio::time::timeout(DRAIN_TIMEOUT, async { while listener.tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!("TFTP transfers did not stop within {DRAIN_TIMEOUT:?}; aborting them");
+        listener.tasks.abort_all();
+        while listener.tasks.join_next().await.is_some() {}
+    }
+    Ok(())
+}
+
+struct Listener {
+    socket: PktSocket,
+    shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+    owners: HashMap<tokio::task::Id, IpAddr>,
+    per_client: HashMap<IpAddr, usize>,
+    shutdown: CancellationToken,
+}
+
+impl Listener {
+    fn release(&mut self, id: tokio::task::Id) {
+        if let Some(ip) = self.owners.remove(&id) {
+            if let Some(n) = self.per_client.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_client.remove(&ip);
+                }
+            }
+        }
+    }
+
+    async fn reply_error(&self, to: SocketAddr, info: &PktInfo, code: ErrorCode, msg: &str) {
+        if to.port() == 0 {
+            return;
+        }
+        let pkt = error_packet(code, msg);
+        let src = reply_source(info);
+        let src = (!src.is_unspecified()).then_some(src);
+        if let Err(e) = self.socket.send(&pkt, to, src, info.ifindex).await {
+            debug!(client = %to, "cannot send TFTP error: {e}");
+        }
+    }
+
+    async fn on_datagram(&mut self, pkt: &[u8], from: SocketAddr, info: PktInfo) {
+        match Packet::parse(pkt) {
+            Ok(Packet::Rrq(req)) => self.on_rrq(req, from, info).await,
+            Ok(Packet::Wrq(req)) => {
+                warn!(client = %from, file = %String::from_utf8_lossy(&req.filename), "TFTP write refused: read-only server");
+                self.reply_error(from, &info, ErrorCode::AccessViolation, "read-only server").await;
+            }
+            // Never answer an error with an error.
+            Ok(Packet::Error { .. }) => {}
+            Ok(_) => {
+                debug!(client = %from, "TFTP DATA/ACK/OACK sent to the listener port");
+                self.reply_error(from, &info, ErrorCode::UnknownTid, "unknown transfer ID").await;
+            }
+            Err(ParseError::UnknownOpcode(op)) => {
+                debug!(client = %from, "TFTP packet with unknown opcode {op}");
+                self.reply_error(from, &info, ErrorCode::IllegalOperation, "unknown opcode").await;
+            }
+            Err(e) => {
+                debug!(client = %from, "malformed TFTP request: {e}");
+                self.reply_error(from, &info, e.code(), "malformed request").await;
+            }
+        }
+    }
+
+    async fn on_rrq(&mut self, req: Request, client: SocketAddr, info: PktInfo) {
+        let name = String::from_utf8_lossy(&req.filename).into_owned();
+        if !matches!(req.mode, Mode::Octet | Mode::Netascii) {
+            warn!(%client, file = %name, mode = req.mode.as_str(), "TFTP request refused: unsupported mode");
+            self.reply_error(client, &info, ErrorCode::IllegalOperation, "unsupported mode").await;
+            return;
+        }
+        let cfg = &self.shared.cfg;
+        let from_client = self.per_client.get(&client.ip()).copied().unwrap_or(0);
+        if self.tasks.len() >= cfg.max_transfers || from_client >= cfg.max_per_client {
+            warn!(
+                %client, file = %name, active = self.tasks.len(), from_client,
+                "TFTP request refused: too many transfers (max {} in total, {} per client)",
+                cfg.max_transfers, cfg.max_per_client
+            );
+            self.reply_error(client, &info, ErrorCode::DiskFull, "too many transfers, try again later").await;
+            return;
+        }
+        let job = Job {
+            shared: self.shared.clone(),
+            req,
+            name,
+            client,
+            local: reply_source(&info),
+            ifindex: info.ifindex,
+            cancel: self.shutdown.child_token(),
+        };
+        let span = info_span!("tftp", %client, mac = tracing::field::Empty, file = %job.name);
+        let handle = self.tasks.spawn(job.run().instrument(span));
+        self.owners.insert(handle.id(), client.ip());
+        *self.per_client.entry(client.ip()).or_default() += 1;
+    }
+}
+
+/// The address to answer from: where the request was sent, or for a broadcast the interface's
+/// own address (`ipi_spec_dst`, which Linux sets to the destination for unicast).
+fn reply_source(info: &PktInfo) -> IpAddr {
+    let usable =
+        |a: &IpAddr| !a.is_unspecified() && !a.is_multicast() && a != &IpAddr::V4(std::net::Ipv4Addr::BROADCAST);
+    if usable(&info.local) {
+        info.local
+    } else if usable(&info.dst) {
+        info.dst
+    } else {
+        info.local
+    }
+}
+
+/// One accepted read request, moved into its task.
+struct Job {
+    shared: Arc<Shared>,
+    req: Request,
+    name: String,
+    client: SocketAddr,
+    local: IpAddr,
+    ifindex: u32,
+    cancel: CancellationToken,
+}
+
+/// What will be sent, decided before the transfer starts.
+struct Prepared {
+    source: Box<dyn Read + Send>,
+    /// Bytes that will be sent (after netascii conversion), when known.
+    size: Option<u64>,
+    /// What is served, for the log: the root-relative path or "generated".
+    what: String,
+    /// blksize limit from the interface MTU.
+    mtu_blksize: Option<u16>,
+}
+
+impl Job {
+    async fn run(self) {
+        let span = tracing::Span::current();
+        let sock = match bind_transfer_socket(self.local, self.ifindex, self.shared.device.as_deref()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cannot open a transfer socket on {}: {e}", self.local);
+                return;
+            }
+        };
+        // Connected: the kernel drops datagrams from other transfer IDs (as tftpd-hpa's
+        // connected sockets do; RFC 1350's ERROR 5 to them is a "should"), skips a route lookup
+        // per packet, and reports ICMP port unreachable, so a vanished client ends the transfer
+        // at once instead of after all retries.
+        if let Err(e) = sock.connect(self.client).await {
+            warn!("cannot connect a transfer socket to the client: {e}");
+            return;
+        }
+        let mac = self.shared.clients.lookup(self.client.ip());
+        if let Some(m) = &mac {
+            span.record("mac", tracing::field::display(m));
+        }
+        let prepared = tokio::select! {
+            p = self.prepare(mac) => p,
+            _ = self.cancel.cancelled() => return,
+        };
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err((code, msg)) => {
+                let _ = sock.send(&error_packet(code, msg)).await;
+                return;
+            }
+        };
+        self.transfer(sock, prepared).await;
+    }
+
+    /// Asks the policy and opens what will be served. On refusal the error to send is returned;
+    /// the reason has been logged.
+    async fn prepare(&self, mac: Option<HwAddr>) -> Result<Prepared, (ErrorCode, &'static str)> {
+        let options: BTreeMap<String, String> =
+            self.req.options.iter().rev().map(|(n, v)| (n.to_ascii_lowercase(), v.clone())).collect();
+        let freq = FileRequest {
+            protocol: "tftp",
+            path: self.name.clone(),
+            client: self.client,
+            local: Some(SocketAddr::new(self.local, self.shared.port)),
+            mac: mac.clone(),
+            options,
+        };
+        let shared = self.shared.clone();
+        let name = self.req.filename.clone();
+        let netascii = self.req.mode == Mode::Netascii;
+        let wants_tsize = self.req.option("tsize").is_some();
+        let (ifindex, v6) = (self.ifindex, self.local.is_ipv6());
+        let span = tracing::Span::current();
+        // One trip to the blocking pool for the policy call and the file system work: each trip
+        // costs two thread wake-ups, which dominate the cost of a small file.
+        let opened = tokio::task::spawn_blocking(move || -> Result<Prepared, (ErrorCode, &'static str)> {
+            // Everything below logs inside the transfer's span (client, MAC, file).
+            let _in_span = span.enter();
+            let policy = &shared.policy;
+            let decision = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.file(&freq))) {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => {
+                    warn!(mac = %fmt_mac(&mac), "policy file hook failed, serving the file as requested: {e}");
+                    FileDecision::Serve
+                }
+                Err(_) => {
+                    error!(mac = %fmt_mac(&mac), "policy file hook panicked, serving the file as requested");
+                    FileDecision::Serve
+                }
+            };
+            let mtu_blksize = if shared.cfg.clamp_blksize_to_mtu {
+                shared.mtu(ifindex).map(|m| blksize_for_mtu(m, v6))
+            } else {
+                None
+            };
+            let read_ahead = shared.cfg.read_ahead.max(512);
+            let (source, size, what): (Box<dyn Read + Send>, Option<u64>, String) = match decision {
+                FileDecision::Refuse => {
+                    warn!("refused by policy");
+                    return Err((ErrorCode::AccessViolation, "access violation"));
+                }
+                FileDecision::Content(bytes) => {
+                    let len = bytes.len() as u64;
+                    let what = format!("generated content ({len} bytes)");
+                    let size = if netascii && wants_tsize { converted_size(&bytes[..]).ok() } else { Some(len) };
+                    (Box::new(Cursor::new(bytes)), size, what)
+                }
+                FileDecision::Serve | FileDecision::Remap(_) => {
+                    let target = match &decision {
+                        FileDecision::Remap(p) => p.as_bytes().to_vec(),
+                        _ => name,
+                    };
+                    let mut opened = match shared.root.open(&target) {
+                        Ok(o) => o,
+                        Err(r) => {
+                            warn!(path = %String::from_utf8_lossy(&target), "TFTP request refused: {r}");
+                            return Err((r.code(), r.client_message()));
+                        }
+                    };
+                    let mut size = Some(opened.size);
+                    if netascii {
+                        size = None;
+                        if wants_tsize {
+                            let counted = converted_size(&mut opened.file);
+                            if opened.file.seek(SeekFrom::Start(0)).is_err() {
+                                return Err((ErrorCode::NotDefined, "read error"));
+                            }
+                            size = counted.ok();
+                        }
+                    }
+                    let cap = read_ahead.min(usize::try_from(opened.size).unwrap_or(usize::MAX).saturating_add(1));
+                    let what = match &decision {
+                        FileDecision::Remap(_) => format!("{} (remapped by policy)", opened.relative),
+                        _ => opened.relative,
+                    };
+                    (Box::new(BufReader::with_capacity(cap.max(512), opened.file)), size, what)
+                }
+            };
+            let source: Box<dyn Read + Send> =
+                if netascii { Box::new(NetasciiReader::new(BufReader::with_capacity(8192, source))) } else { source };
+            Ok(Prepared { source, size, what, mtu_blksize })
+        })
+        .await;
+        match opened {
+            Ok(r) => r,
+            Err(e) => {
+                error!("opening the file panicked: {e}");
+                Err((ErrorCode::NotDefined, "internal error"))
+            }
+        }
+    }
+
+    async fn transfer(self, sock: UdpSocket, p: Prepared) {
+        let cfg = &self.shared.cfg;
+        let max_blksize = p.mtu_blksize.map_or(cfg.max_blksize, |m| m.min(cfg.max_blksize));
+        let limits = Limits { max_blksize, max_window_bytes: cfg.max_window_bytes };
+        let neg = negotiate(&self.req.options, limits, p.size);
+        let params = Params {
+            blksize: neg.blksize,
+            windowsize: neg.windowsize,
+            timeout: neg.timeout.unwrap_or(cfg.timeout),
+            retries: cfg.retries,
+            oack: neg.oack,
+        };
+        let had_oack = !params.oack.is_empty();
+        let started = Instant::now();
+        let mut t = Transfer::new(params, p.source, started);
+        debug!(what = %p.what, blksize = t.blksize(), windowsize = t.windowsize(), "transfer starting");
+
+        // ACKs and ERRORs only; a larger datagram is truncated by the kernel, which is harmless.
+        let mut buf = [0u8; 1024];
+        let first_deadline = t.deadline().unwrap_or(started);
+        // One timer for the whole transfer. Deadlines only move later, so the timer may fire
+        // early; it is then re-armed, at most once per timeout period instead of once per ACK.
+        let sleep = tokio::time::sleep_until(first_deadline.into());
+        tokio::pin!(sleep);
+        let cancelled = self.cancel.cancelled();
+        tokio::pin!(cancelled);
+        // Windows go out with UDP GSO: one system call for up to 64 packets. If the kernel or
+        // the route refuses it (no checksum offload, blksize above the path MTU), fall back to
+        // one send per packet for the rest of the transfer.
+        let mut gso = cfg.udp_gso && t.windowsize() > 1;
+        loop {
+            loop {
+                let max_segments = if gso { GSO_MAX_SEGMENTS } else { 1 };
+                let Some((buf, seg)) = t.poll_transmit_batch(max_segments, GSO_MAX_BYTES) else { break };
+                let mut r =
+                    if buf.len() > seg { send_gso(&sock, buf, seg).await } else { sock.send(buf).await.map(drop) };
+                if let Err(e) = &r {
+                    if buf.len() > seg && e.kind() != io::ErrorKind::ConnectionRefused {
+                        debug!("UDP GSO unavailable ({e}); sending packets one by one");
+                        gso = false;
+                        r = Ok(());
+                        for p in buf.chunks(seg) {
+                            if let Err(e) = sock.send(p).await {
+                                r = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                match r {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => t.abandon(Failure::Unreachable),
+                    // Treated as a lost packet: the retransmission timer covers it.
+                    Err(e) => debug!("send failed: {e}"),
+                }
+            }
+            if !t.is_running() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => t.cancel(),
+                r = sock.recv(&mut buf) => match r {
+                    Ok(n) => t.on_packet(&buf[..n], Instant::now()),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => t.abandon(Failure::Unreachable),
+                    Err(e) => debug!("receive failed: {e}"),
+                },
+                _ = &mut sleep => {
+                    let now = Instant::now();
+                    t.on_timeout(now);
+                    if let Some(d) = t.deadline() {
+                        sleep.as_mut().reset(d.into());
+                    }
+                }
+            }
+        }
+        let st = t.stats();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        match t.status() {
+            Status::Done => info!(
+                what = %p.what, bytes = st.bytes, blksize = t.blksize(), windowsize = t.windowsize(),
+                ms = format_args!("{ms:.1}"), resent = st.resent, "TFTP transfer complete"
+            ),
+            // EDK2 reads tsize from the OACK, then aborts with ERROR 8 and asks again: normal.
+            Status::Failed(Failure::ClientError { code: ErrorCode::OptionNegotiation, .. })
+                if had_oack && st.data_sent == 0 =>
+            {
+                info!(what = %p.what, "client ended the transfer after option negotiation (size probe)")
+            }
+            Status::Failed(f) => warn!(
+                what = %p.what, bytes = st.bytes, blksize = t.blksize(), ms = format_args!("{ms:.1}"),
+                "TFTP transfer failed: {f}"
+            ),
+            Status::Running => {}
+        }
+    }
+}
+
+/// Most segments in one GSO send (the kernel's `UDP_MAX_SEGMENTS`).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes in one GSO send: below the 65 507-byte UDP payload limit.
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Sends `buf` as datagrams of `seg` bytes (the last may be shorter) with one `sendmsg` and
+/// `UDP_SEGMENT` on a connected socket.
+async fn send_gso(sock: &UdpSocket, buf: &[u8], seg: usize) -> io::Result<()> {
+    let seg = u16::try_from(seg).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    loop {
+        sock.writable().await?;
+        match sock.try_io(tokio::io::Interest::WRITABLE, || sendmsg_gso(sock.as_raw_fd(), buf, seg)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+fn sendmsg_gso(fd: std::os::fd::RawFd, buf: &[u8], seg: u16) -> io::Result<()> {
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 32]);
+    let mut cbuf = Cmsg([0; 32]);
+    // SAFETY: msg points at live locals; the control buffer is 8-aligned and larger than
+    // CMSG_SPACE(2); the kernel only reads from buf.
+    unsafe {
+        let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = libc::CMSG_SPACE(2) as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+        if libc::sendmsg(fd, &msg, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn fmt_mac(mac: &Option<HwAddr>) -> String {
+    mac.as_ref().map_or_else(|| "unknown".to_string(), |m| m.to_string())
+}
+
+/// A UDP socket on (`local`, ephemeral port), on the listener's device if it had one.
+fn bind_transfer_socket(local: IpAddr, ifindex: u32, device: Option<&[u8]>) -> io::Result<UdpSocket> {
+    let addr = match local {
+        IpAddr::V6(a) if is_link_local(&a) => SocketAddr::V6(SocketAddrV6::new(a, 0, 0, ifindex)),
+        a => SocketAddr::new(a, 0),
+    };
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Some(dev) = device {
+        s.bind_device(Some(dev))?;
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+fn is_link_local(a: &Ipv6Addr) -> bool {
+    (a.segments()[0] & 0xffc0) == 0xfe80
+}
+
+/// The MTU of interface `ifindex`, from sysfs. `None` when unknown.
+fn interface_mtu(ifindex: u32) -> Option<u32> {
+    let name = crate::net::ifname(ifindex)?;
+    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu")).ok()?.trim().parse().ok()
+}
