@@ -6,7 +6,7 @@
 #   pxdb-s  server namespace, veth pxdb-s0 = 10.79.0.1/24
 #   pxdb-c  client namespace, veth pxdb-c0 = 10.79.0.2/24 (perfdhcp acts as a relay: giaddr 10.79.0.2)
 #
-# pixie: release build, full mode, the shipped per-arch policy (scripts/boot.rhai + plugins/arch.rhai)
+# pixie: release build, full mode, the example per-arch policy (examples/per-arch; else scripts/boot.rhai)
 # in the loop, leases durable in SQLite (WAL, synchronous=FULL) BEFORE each ACK, state in /tmp.
 # dnsmasq: lease file in /tmp (it fsyncs in its main loop). Kea: memfile persist=true (appends a CSV
 # line per ACK, no fsync), 1 thread and 2 threads. Every client sends PXE options 60/93/97 so each
@@ -29,6 +29,9 @@ DO_50K=1
 DO_POLICY=1
 OUT=""
 W=/tmp/pixie-bench/dhcp
+# The example per-arch policy when the repository has it, else the shipped one.
+POLICY=$REPO/examples/per-arch
+[ -d "$POLICY/scripts" ] || POLICY=$REPO
 NS_S=pxdb-s NS_C=pxdb-c
 
 while [ $# -gt 0 ]; do
@@ -89,8 +92,8 @@ routers = ["10.79.0.1"]
 enabled = false
 root = "$W/tftproot"
 [policy]
-scripts = "$REPO/scripts"
-plugins = "$REPO/plugins"
+scripts = "$POLICY/scripts"
+plugins = "$POLICY/plugins"
 T
 }
 
@@ -162,6 +165,7 @@ run_rate() { # $1 server $2 rate $3 clients $4 tag
 
 printf 'server\trate\texch_s\tdrop_pct\tdo_avg_ms\tra_avg_ms\tra_max_ms\tcpu_us_per_dora\trss_kb\n' > "$W/runs.tsv"
 echo "# $(date -u +%FT%TZ) $(uname -r), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); period ${PERIOD}s, $CLIENTS clients, PXE options"
+echo "# pixie policy: $POLICY"
 echo "# versions: $("$PIXIE" --version), dnsmasq $(dnsmasq --version | head -1 | awk '{print $3}'), kea $(kea-dhcp4 -v)"
 printf 'server\trate\texch_s\tdrop_pct\tdo_avg_ms\tra_avg_ms\tra_max_ms\tcpu_us_per_dora\trss_kb\n'
 for rate in $RATES; do
