@@ -10,6 +10,7 @@
 //! | [`policy`] | the contract: [`policy::BootRequest`] in, [`policy::Decision`] out, behind the [`policy::Policy`] trait. [`policy::rhai`] is the only module that knows Rhai. |
 //! | [`net`] | UDP sockets that report and choose the interface of each datagram (`IP_PKTINFO`). |
 //! | [`clients`] | the one piece of state shared between protocol servers: which MAC was last seen at which address. |
+//! | [`leases`] | full DHCP mode's durable lease store: a small backend trait (SQLite, in-memory) and the group-commit writer. |
 //! | [`dhcpv4`], [`tftp`] | protocol servers: sockets → requests → policy → replies. |
 //! | [`config`] | the on-disk TOML schema and the validated runtime [`config::Config`]. |
 //! | [`server`] | binds sockets, runs the tasks, drains on shutdown. |
@@ -23,6 +24,7 @@
 pub mod clients;
 pub mod config;
 pub mod dhcpv4;
+pub mod leases;
 pub mod net;
 pub mod policy;
 pub mod server;

@@ -31,6 +31,8 @@ enum Command {
     Check(PolicyDirs),
     /// Run the policy on a synthetic request and print the decision.
     Simulate(SimulateArgs),
+    /// List the leases of full DHCP mode (from <state_dir>/pixie.db).
+    Leases(LeasesArgs),
     /// Run every client request of a packet capture through the policy.
     Replay(workbench_cli::ReplayArgs),
     /// Run the policy tests in DIR/cases.toml against the policy in DIR.
@@ -88,6 +90,10 @@ struct ServeArgs {
     /// Folder for state that survives restarts (pixie.db).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Full DHCP mode without a config file: hand out START-END; the subnet comes from the
+    /// address of --interface (or of --listen) that contains START.
+    #[arg(long, value_name = "START-END")]
+    pool: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -143,6 +149,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve(a),
         Command::Check(a) => check(a),
         Command::Simulate(a) => simulate(a),
+        Command::Leases(a) => leases(a),
         Command::Replay(a) => workbench_cli::replay(a),
         Command::Test(a) => workbench_cli::test(a),
         Command::Store(a) => workbench_cli::store(a),
@@ -169,7 +176,7 @@ pub(crate) fn load_config(path: Option<&Path>, ov: &Overrides) -> Result<Config,
     match path {
         Some(p) => Config::load(p, ov).map_err(bad),
         None if Path::new("pixie.toml").is_file() => Config::load(Path::new("pixie.toml"), ov).map_err(bad),
-        None => Ok(Config::defaults(ov)),
+        None => Config::try_defaults(ov).map_err(bad),
     }
 }
 
@@ -198,6 +205,7 @@ fn serve(a: ServeArgs) -> Result<(), Failure> {
         dhcp_port: a.dhcp_port,
         pxe_port: a.pxe_port,
         tftp_port: a.tftp_port,
+        pool: a.pool,
     };
     let cfg = load_config(a.config.as_deref(), &ov)?;
     if !cfg.tftp_root.is_dir() {
@@ -357,4 +365,64 @@ fn decision_text(b: &BootDecision) -> String {
         s += &format!("  lease_time   {l}\n");
     }
     s
+}
+
+#[derive(Args, Debug)]
+struct LeasesArgs {
+    /// State folder holding pixie.db [default: from the config, else state/].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Configuration file [default: ./pixie.toml when present].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print JSON (one array of objects) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn leases(a: LeasesArgs) -> Result<(), Failure> {
+    use pixie::leases::{sqlite::SqliteLeases, unix_now, LeaseBackend};
+    init_logging("warn");
+    let dir = match a.state_dir {
+        Some(d) => d,
+        None => load_config(a.config.as_deref(), &Overrides::default())?.state_dir,
+    };
+    let mut db = SqliteLeases::open_read_only(&dir)?;
+    let rows = db.load()?;
+    let now = unix_now();
+    if a.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "ip": l.ip.to_string(),
+                    "mac": l.mac.to_string(),
+                    "client_id": l.client.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                    "hostname": l.hostname,
+                    "state": l.state.as_str(),
+                    "expires": l.expires,
+                    "active": l.expires > now && l.state != pixie::leases::LeaseState::Released,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    println!("{:<15}  {:<17}  {:<8}  {:<22}  hostname", "address", "mac", "state", "expires");
+    for l in &rows {
+        let when = chrono::DateTime::from_timestamp(l.expires as i64, 0)
+            .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let left = if l.expires > now { format!("{when} (+{}s)", l.expires - now) } else { format!("{when} (past)") };
+        println!(
+            "{:<15}  {:<17}  {:<8}  {:<22}  {}",
+            l.ip.to_string(),
+            l.mac.to_string(),
+            l.state.as_str(),
+            left,
+            l.hostname.as_deref().unwrap_or("")
+        );
+    }
+    println!("{} lease record(s) in {}", rows.len(), db.path().display());
+    Ok(())
 }

@@ -312,6 +312,70 @@ pub fn ifname(ifindex: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
+/// Every IPv4 address of every interface: `(interface name, address, prefix length)`, from
+/// `getifaddrs(3)`.
+pub fn ipv4_addrs() -> io::Result<Vec<(String, Ipv4Addr, u8)>> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs; every pointer
+    // read is checked for null and points into that list while it lives.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut p = head;
+        while !p.is_null() {
+            let ifa = &*p;
+            p = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || (*ifa.ifa_addr).sa_family as libc::c_int != libc::AF_INET {
+                continue;
+            }
+            let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+            let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+            let prefix = if ifa.ifa_netmask.is_null() {
+                32
+            } else {
+                let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                u32::from_be(m.sin_addr.s_addr).count_ones() as u8
+            };
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
+            out.push((name, ip, prefix));
+        }
+        libc::freeifaddrs(head);
+    }
+    Ok(out)
+}
+
+/// Sets a neighbour (ARP) entry `ip → mac` on interface `ifname` (`SIOCSARP`), so that a reply
+/// can be unicast to a client that has no address yet and cannot answer ARP (RFC 2131 §4.1).
+/// Needs `CAP_NET_ADMIN`. The entry is an ordinary (not permanent) one: it ages out.
+pub fn set_arp_entry(fd: std::os::fd::RawFd, ifname: &str, ip: Ipv4Addr, mac: &[u8]) -> io::Result<()> {
+    const ATF_COM: libc::c_int = 0x02;
+    if mac.len() != 6 || ifname.len() >= libc::IF_NAMESIZE {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not an Ethernet address or interface name"));
+    }
+    // SAFETY: arpreq is plain data; zeroed is valid. The sockaddr fields are written through
+    // their sockaddr_in view, which fits in a sockaddr. The ioctl reads the struct only.
+    unsafe {
+        let mut req: libc::arpreq = zeroed();
+        let pa = &mut req.arp_pa as *mut libc::sockaddr as *mut libc::sockaddr_in;
+        (*pa).sin_family = libc::AF_INET as libc::sa_family_t;
+        (*pa).sin_addr.s_addr = u32::from(ip).to_be();
+        req.arp_ha.sa_family = libc::ARPHRD_ETHER;
+        for (i, b) in mac.iter().enumerate() {
+            req.arp_ha.sa_data[i] = *b as libc::c_char;
+        }
+        req.arp_flags = ATF_COM;
+        for (i, b) in ifname.bytes().enumerate() {
+            req.arp_dev[i] = b as libc::c_char;
+        }
+        if libc::ioctl(fd, libc::SIOCSARP as _, &req as *const libc::arpreq) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,14 @@ pub enum ServerError {
         /// What to try.
         hint: &'static str,
     },
+    /// The lease store could not be opened.
+    #[error("cannot open the lease store in {dir}: {source}")]
+    Store {
+        /// State folder.
+        dir: std::path::PathBuf,
+        /// Cause.
+        source: crate::leases::StoreError,
+    },
     /// A task failed.
     #[error("{what} stopped: {source}")]
     Task {
@@ -57,6 +65,8 @@ pub struct Server {
     pub stats: Arc<Stats>,
     /// The MAC ↔ address table DHCP fills and TFTP reads.
     pub clients: ClientTable,
+    /// Full DHCP mode state (leases, subnets), opened at bind time.
+    pub full: Option<Arc<dhcpv4::full::Full>>,
 }
 
 fn bind_one(what: &'static str, addr: SocketAddr, device: Option<&String>, broadcast: bool) -> Result<PktSocket, ServerError> {
@@ -85,6 +95,17 @@ fn bind_one(what: &'static str, addr: SocketAddr, device: Option<&String>, broad
     })
 }
 
+/// Full mode: opens `<state_dir>/pixie.db` and loads the leases (before any socket serves).
+fn open_full(cfg: &Config) -> Result<Option<Arc<dhcpv4::full::Full>>, ServerError> {
+    if cfg.dhcp_mode != DhcpMode::Full {
+        return Ok(None);
+    }
+    let store = |source| ServerError::Store { dir: cfg.state_dir.clone(), source };
+    let backend = crate::leases::sqlite::SqliteLeases::open(&cfg.state_dir).map_err(store)?;
+    let full = dhcpv4::full::Full::open(cfg.full.clone(), Box::new(backend)).map_err(store)?;
+    Ok(Some(Arc::new(full)))
+}
+
 impl Server {
     /// Binds every listener in `cfg`. Must be called inside a tokio runtime.
     pub fn bind(cfg: Config) -> Result<Server, ServerError> {
@@ -104,7 +125,8 @@ impl Server {
                 tftp.push(bind_one("TFTP", a, dev, false)?);
             }
         }
-        Ok(Server { cfg, dhcp, tftp, stats: Arc::default(), clients: ClientTable::default() })
+        let full = open_full(&cfg)?;
+        Ok(Server { cfg, dhcp, tftp, stats: Arc::default(), clients: ClientTable::default(), full })
     }
 
     /// Bound DHCP-port addresses.
@@ -137,6 +159,7 @@ impl Server {
             clients: self.clients.clone(),
             stats: self.stats.clone(),
             max_in_flight: 1024,
+            full: self.full.clone(),
         };
         let tcfg = TftpConfig {
             root: cfg.tftp_root.clone(),

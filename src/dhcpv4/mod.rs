@@ -1,10 +1,13 @@
-//! The DHCPv4 server: proxyDHCP on the DHCP port (67) and the PXE boot server port (4011).
+//! The DHCPv4 server: proxyDHCP on the DHCP port (67) and the PXE boot server port (4011), or
+//! in full mode ([`full`]) the network's DHCP server on 67 with port 4011 still answered as a
+//! PXE boot server.
 //!
 //! Each listener loops: receive → parse (malformed: counted, dropped, logged at debug) →
 //! [`proxy::classify`] → build a [`BootRequest`] → ask the policy (off the reactor, bounded) →
 //! [`proxy::build_reply`] → send out of the interface the request came in on. Every request is
 //! handled in its own task, bounded by a semaphore, so one slow policy call never delays others.
 
+pub mod full;
 pub mod proxy;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -42,6 +45,22 @@ pub struct Stats {
     pub overloaded: AtomicU64,
     /// Replies that could not be sent.
     pub send_errors: AtomicU64,
+    /// Full mode: DHCPOFFERs sent.
+    pub offers: AtomicU64,
+    /// Full mode: DHCPACKs with a lease (each durable before it was sent).
+    pub acks: AtomicU64,
+    /// Full mode: DHCPNAKs.
+    pub naks: AtomicU64,
+    /// Full mode: DHCPDECLINEs accepted (address quarantined).
+    pub declines: AtomicU64,
+    /// Full mode: DHCPRELEASEs accepted.
+    pub releases: AtomicU64,
+    /// Full mode: DHCPINFORMs answered.
+    pub informs: AtomicU64,
+    /// Full mode: DISCOVERs left unanswered because the subnet's pools were full.
+    pub pool_exhausted: AtomicU64,
+    /// Full mode: leases that could not be stored (no ACK was sent).
+    pub store_errors: AtomicU64,
 }
 
 /// What the DHCPv4 tasks need besides their socket.
@@ -61,6 +80,8 @@ pub struct Context {
     pub stats: Arc<Stats>,
     /// Bound on requests in flight per listener.
     pub max_in_flight: usize,
+    /// Full DHCP mode: leases and subnets. `None` in proxy mode.
+    pub full: Option<Arc<full::Full>>,
 }
 
 /// Serves one listener socket until `shutdown` is cancelled.
@@ -125,7 +146,7 @@ pub async fn serve(
     Ok(())
 }
 
-fn our_ipv4(info: &PktInfo, sock: &PktSocket, ctx: &Context) -> Option<Ipv4Addr> {
+pub(crate) fn our_ipv4(info: &PktInfo, sock: &PktSocket, ctx: &Context) -> Option<Ipv4Addr> {
     let candidates = [Some(info.local), sock.local_addr().ok().map(|a| a.ip())];
     for c in candidates.into_iter().flatten() {
         if let IpAddr::V4(v4) = c {
@@ -138,6 +159,9 @@ fn our_ipv4(info: &PktInfo, sock: &PktSocket, ctx: &Context) -> Option<Ipv4Addr>
 }
 
 async fn handle(sock: &PktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4::Packet, from: SocketAddr, info: PktInfo) {
+    if let (Listener::Dhcp, Some(f)) = (listener, &ctx.full) {
+        return full::handle(f, sock, ctx, pkt, from, info).await;
+    }
     let Some(server_ip) = our_ipv4(&info, sock, ctx) else {
         warn!("cannot tell our own address on interface {}; set [dhcp] server_ip", info.ifindex);
         return;

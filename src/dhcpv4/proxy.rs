@@ -88,7 +88,20 @@ pub fn build_reply(pkt: &Packet, phase: Phase, d: &BootDecision, server_ip: Ipv4
     let mut warnings = Vec::new();
     let mt = if phase == Phase::Discover { MessageType::Offer } else { MessageType::Ack };
     let mut r = Reply::to(pkt, mt);
-    let http = pkt.option(opt::VENDOR_CLASS).is_some_and(|v| v.starts_with(b"HTTPClient"));
+    r.set(opt::SERVER_ID, server_ip.octets().to_vec());
+    boot_fields(&mut r, pkt, phase, d, server_ip, &mut warnings);
+    (r, warnings)
+}
+
+/// Writes a decision's boot information into a reply: `siaddr`/66, `file`/67, `sname`, and for
+/// PXE/HTTP clients options 60, 97 and 43; then the policy's own options, which win.
+///
+/// Shared by proxyDHCP (where every client is a PXE/HTTP client) and full mode (where a client
+/// that is not one gets the boot file only when the policy names one).
+pub fn boot_fields(r: &mut Reply, pkt: &Packet, phase: Phase, d: &BootDecision, server_ip: Ipv4Addr, warnings: &mut Vec<String>) {
+    let vc = pkt.option(opt::VENDOR_CLASS).unwrap_or_default();
+    let http = vc.starts_with(b"HTTPClient");
+    let pxe = vc.starts_with(b"PXEClient");
     let next = match d.next_server {
         Some(IpAddr::V4(ip)) => ip,
         Some(IpAddr::V6(ip)) => {
@@ -97,13 +110,16 @@ pub fn build_reply(pkt: &Packet, phase: Phase, d: &BootDecision, server_ip: Ipv4
         }
         None => server_ip,
     };
-    r.siaddr = next;
-    r.set(opt::SERVER_ID, server_ip.octets().to_vec());
-    r.set(opt::VENDOR_CLASS, if http { b"HTTPClient".to_vec() } else { b"PXEClient".to_vec() });
-    if let Some(u) = pkt.option(opt::CLIENT_UUID) {
-        r.set(opt::CLIENT_UUID, u.to_vec());
+    if pxe || http || d.filename.is_some() || d.next_server.is_some() {
+        r.siaddr = next;
     }
-    if !http {
+    if pxe || http {
+        r.set(opt::VENDOR_CLASS, if http { b"HTTPClient".to_vec() } else { b"PXEClient".to_vec() });
+        if let Some(u) = pkt.option(opt::CLIENT_UUID) {
+            r.set(opt::CLIENT_UUID, u.to_vec());
+        }
+    }
+    if !http && (pxe || d.filename.is_some()) {
         r.set(opt::TFTP_SERVER, next.to_string().into_bytes());
     }
     if let Some(f) = &d.filename {
@@ -121,7 +137,7 @@ pub fn build_reply(pkt: &Packet, phase: Phase, d: &BootDecision, server_ip: Ipv4
             warnings.push(format!("server_name is {} bytes, longer than the 63 the field holds; dropped", s.len()));
         }
     }
-    if !http {
+    if pxe && !http {
         match pkt.pxe_boot_item() {
             Some(item) if phase == Phase::Proxy4011 => {
                 r.set(opt::VENDOR_SPECIFIC, pxe::boot_item_reply(item));
@@ -140,7 +156,6 @@ pub fn build_reply(pkt: &Packet, phase: Phase, d: &BootDecision, server_ip: Ipv4
             _ => warnings.push(format!("option {code} cannot be set in a DHCPv4 reply; skipped")),
         }
     }
-    (r, warnings)
 }
 
 /// Where a reply goes: `(destination, broadcast?)`.

@@ -1,0 +1,467 @@
+//! The in-memory lease table: which address is offered, bound, released or quarantined, and
+//! the allocator that picks an address for a client. Sans-IO: time comes in as Unix seconds,
+//! persistence is the caller's job (it writes the [`Lease`] records this table hands back).
+//!
+//! Invariant: an address has at most one slot, and a client (key) maps to at most one address,
+//! so an address is never given to two clients at once. Callers hold the table's lock for the
+//! whole check-and-mark step (a `std::sync::Mutex`: nothing awaits while it is held); the
+//! durable write happens after, with [`LeaseTable::rollback`] if it fails.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use crate::config::Subnet;
+use crate::leases::{Lease, LeaseState};
+use crate::policy::HwAddr;
+
+/// State of one address in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// Offered (not persisted); held until `until`.
+    Offered,
+    /// Acknowledged until `until`.
+    Bound,
+    /// Given back; free, but remembered so the client gets it again.
+    Released,
+    /// Declined: quarantined until `until`.
+    Declined,
+}
+
+/// One address's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Client key (empty while declined).
+    pub client: Vec<u8>,
+    /// Client MAC.
+    pub mac: HwAddr,
+    /// Option 12.
+    pub hostname: Option<String>,
+    /// State.
+    pub state: SlotState,
+    /// Unix seconds the state lasts until.
+    pub until: u64,
+}
+
+impl Slot {
+    /// Whether the address is unavailable to other clients at `now`.
+    pub fn busy(&self, now: u64) -> bool {
+        self.state != SlotState::Released && self.until > now
+    }
+}
+
+/// Why no address could be offered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocError {
+    /// Every pool address of the subnet is in use or quarantined.
+    Exhausted,
+    /// The policy pinned an address that cannot be given to this client.
+    Reserved(Ipv4Addr, &'static str),
+}
+
+/// [`LeaseTable::bind`] refused: another client holds the address (or it is quarantined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken;
+
+/// What [`LeaseTable::bind`] changed, to undo it if the durable write fails.
+#[derive(Debug, Clone)]
+pub struct Undo {
+    slots: Vec<(Ipv4Addr, Option<Slot>)>,
+    client: (Vec<u8>, Option<Ipv4Addr>),
+}
+
+#[derive(Debug, Default, Clone)]
+struct PoolCursor {
+    /// Next never-used candidate (offset in the pool).
+    fresh: u64,
+    /// Set once a whole pass found no never-used address.
+    fresh_done: bool,
+    /// Next reuse candidate (offset).
+    reuse: u64,
+}
+
+/// Every address pixie knows about, plus allocation cursors.
+#[derive(Debug, Default)]
+pub struct LeaseTable {
+    by_ip: HashMap<Ipv4Addr, Slot>,
+    by_client: HashMap<Vec<u8>, Ipv4Addr>,
+    /// Per subnet (index in the config), per pool.
+    cursors: HashMap<(usize, usize), PoolCursor>,
+    /// Per subnet: no free address until this second (saves rescanning a full pool).
+    exhausted_until: HashMap<usize, u64>,
+}
+
+impl LeaseTable {
+    /// A table holding the stored leases.
+    pub fn from_leases(leases: Vec<Lease>) -> LeaseTable {
+        let mut t = LeaseTable::default();
+        for l in leases {
+            let state = match l.state {
+                LeaseState::Bound => SlotState::Bound,
+                LeaseState::Released => SlotState::Released,
+                LeaseState::Declined => SlotState::Declined,
+            };
+            if !l.client.is_empty() {
+                t.by_client.insert(l.client.clone(), l.ip);
+            }
+            t.by_ip.insert(l.ip, Slot { client: l.client, mac: l.mac, hostname: l.hostname, state, until: l.expires });
+        }
+        t
+    }
+
+    /// Number of addresses with a record.
+    pub fn len(&self) -> usize {
+        self.by_ip.len()
+    }
+
+    /// Whether no address has a record.
+    pub fn is_empty(&self) -> bool {
+        self.by_ip.is_empty()
+    }
+
+    /// The record of `ip`.
+    pub fn slot(&self, ip: Ipv4Addr) -> Option<&Slot> {
+        self.by_ip.get(&ip)
+    }
+
+    /// The address `client` holds or held last.
+    pub fn address_of(&self, client: &[u8]) -> Option<Ipv4Addr> {
+        self.by_client.get(client).copied()
+    }
+
+    /// Whether `ip` may be given to `client` at `now`.
+    pub fn available_for(&self, ip: Ipv4Addr, client: &[u8], now: u64) -> bool {
+        match self.by_ip.get(&ip) {
+            None => true,
+            Some(s) if s.state == SlotState::Declined => !s.busy(now),
+            Some(s) => s.client == client || !s.busy(now),
+        }
+    }
+
+    /// Whether `ip` is held (offered, bound, quarantined) by someone other than `client`.
+    pub fn held_by_other(&self, ip: Ipv4Addr, client: &[u8], now: u64) -> bool {
+        !self.available_for(ip, client, now)
+    }
+
+    /// Whether the table records `ip` as `client`'s (in any state but declined).
+    pub fn is_clients(&self, ip: Ipv4Addr, client: &[u8]) -> bool {
+        self.by_ip.get(&ip).is_some_and(|s| s.state != SlotState::Declined && s.client == client)
+    }
+
+    fn set(&mut self, ip: Ipv4Addr, slot: Slot) {
+        self.set_slot(ip, slot, true);
+    }
+
+    /// Puts `slot` at `ip`; `map_client` also points the client at `ip`.
+    fn set_slot(&mut self, ip: Ipv4Addr, slot: Slot, map_client: bool) {
+        if let Some(old) = self.by_ip.get(&ip) {
+            if old.client != slot.client && self.by_client.get(&old.client) == Some(&ip) {
+                let c = old.client.clone();
+                self.by_client.remove(&c);
+            }
+        }
+        if map_client && !slot.client.is_empty() {
+            self.by_client.insert(slot.client.clone(), ip);
+        }
+        self.by_ip.insert(ip, slot);
+    }
+
+    /// Picks an address for `client` in `subnet` and holds it as offered for `offer_time`.
+    ///
+    /// Preference: the policy's pinned address (`reserved`, which must be in the subnet but
+    /// need not be in a pool); the client's current or previous address; the address it asks
+    /// for (option 50); a never-used pool address; an expired or released one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn offer(
+        &mut self,
+        idx: usize,
+        subnet: &Subnet,
+        client: &[u8],
+        mac: &HwAddr,
+        hostname: Option<String>,
+        requested: Option<Ipv4Addr>,
+        reserved: Option<Ipv4Addr>,
+        now: u64,
+        offer_time: u32,
+    ) -> Result<Ipv4Addr, AllocError> {
+        let ip = if let Some(r) = reserved {
+            if !subnet.contains(r) {
+                return Err(AllocError::Reserved(r, "it is outside the client's subnet"));
+            }
+            if !self.available_for(r, client, now) {
+                return Err(AllocError::Reserved(r, "another client holds it (or it is quarantined)"));
+            }
+            r
+        } else if let Some(ip) = self
+            .address_of(client)
+            .filter(|ip| subnet.in_pool(*ip) && self.available_for(*ip, client, now))
+        {
+            ip
+        } else if let Some(ip) = requested.filter(|ip| subnet.in_pool(*ip) && self.available_for(*ip, client, now)) {
+            ip
+        } else {
+            self.scan(idx, subnet, now)?
+        };
+        // A client that holds a lease elsewhere (the policy now pins another address) keeps
+        // pointing at that lease until it REQUESTs the new one; `bind` then frees the old one.
+        let holds_other = self.address_of(client).is_some_and(|p| {
+            p != ip && self.by_ip.get(&p).is_some_and(|s| s.client == client && s.state == SlotState::Bound && s.until > now)
+        });
+        // A client holds one address: an earlier offer of another one is withdrawn.
+        if let Some(prev) = self.address_of(client) {
+            if prev != ip && self.by_ip.get(&prev).is_some_and(|s| s.state == SlotState::Offered) {
+                self.by_ip.remove(&prev);
+            }
+        }
+        let keep_bound = self.by_ip.get(&ip).filter(|s| s.client == client && s.state == SlotState::Bound && s.until > now);
+        let slot = match keep_bound {
+            // A bound client asking again keeps its lease as it is; the REQUEST extends it.
+            Some(s) => s.clone(),
+            None => Slot {
+                client: client.to_vec(),
+                mac: mac.clone(),
+                hostname,
+                state: SlotState::Offered,
+                until: now + u64::from(offer_time),
+            },
+        };
+        self.set_slot(ip, slot, !holds_other);
+        Ok(ip)
+    }
+
+    fn scan(&mut self, idx: usize, subnet: &Subnet, now: u64) -> Result<Ipv4Addr, AllocError> {
+        if self.exhausted_until.get(&idx).is_some_and(|t| *t > now) {
+            return Err(AllocError::Exhausted);
+        }
+        for (p, (a, b)) in subnet.pools.iter().enumerate() {
+            let size = u64::from(u32::from(*b) - u32::from(*a)) + 1;
+            let c = self.cursors.entry((idx, p)).or_default();
+            if !c.fresh_done {
+                for i in 0..size {
+                    let off = (c.fresh + i) % size;
+                    let ip = Ipv4Addr::from(u32::from(*a) + off as u32);
+                    if !self.by_ip.contains_key(&ip) {
+                        c.fresh = (off + 1) % size;
+                        return Ok(ip);
+                    }
+                }
+                c.fresh_done = true;
+            }
+        }
+        for (p, (a, b)) in subnet.pools.iter().enumerate() {
+            let size = u64::from(u32::from(*b) - u32::from(*a)) + 1;
+            let start = self.cursors.get(&(idx, p)).map(|c| c.reuse).unwrap_or(0);
+            for i in 0..size {
+                let off = (start + i) % size;
+                let ip = Ipv4Addr::from(u32::from(*a) + off as u32);
+                if self.by_ip.get(&ip).is_none_or(|s| !s.busy(now)) {
+                    self.cursors.entry((idx, p)).or_default().reuse = (off + 1) % size;
+                    return Ok(ip);
+                }
+            }
+        }
+        self.exhausted_until.insert(idx, now + 1);
+        Err(AllocError::Exhausted)
+    }
+
+    /// Marks `ip` bound to `client` until `now + lease`. Fails if someone else holds it.
+    /// Returns the lease record to persist and how to undo the change.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind(
+        &mut self,
+        ip: Ipv4Addr,
+        client: &[u8],
+        mac: &HwAddr,
+        hostname: Option<String>,
+        lease: u32,
+        now: u64,
+    ) -> Result<(Lease, Undo), Taken> {
+        if !self.available_for(ip, client, now) {
+            return Err(Taken);
+        }
+        let mut undo = Undo { slots: vec![(ip, self.by_ip.get(&ip).cloned())], client: (client.to_vec(), self.address_of(client)) };
+        // The store drops the client's other row in the same transaction; so does memory.
+        if let Some(prev) = self.address_of(client).filter(|p| *p != ip) {
+            if self.by_ip.get(&prev).is_some_and(|s| s.client == client) {
+                undo.slots.push((prev, self.by_ip.remove(&prev)));
+            }
+        }
+        let until = now + u64::from(lease);
+        self.set(ip, Slot { client: client.to_vec(), mac: mac.clone(), hostname: hostname.clone(), state: SlotState::Bound, until });
+        let record = Lease { ip, client: client.to_vec(), mac: mac.clone(), hostname, state: LeaseState::Bound, expires: until };
+        Ok((record, undo))
+    }
+
+    /// Restores what [`LeaseTable::bind`] changed.
+    pub fn rollback(&mut self, undo: Undo) {
+        for (ip, slot) in undo.slots.into_iter().rev() {
+            match slot {
+                Some(s) => {
+                    self.by_ip.insert(ip, s);
+                }
+                None => {
+                    self.by_ip.remove(&ip);
+                }
+            }
+        }
+        match undo.client.1 {
+            Some(ip) => self.by_client.insert(undo.client.0, ip),
+            None => self.by_client.remove(&undo.client.0),
+        };
+    }
+
+    /// Withdraws an offer to `client` (it chose another server). Bound leases stay.
+    pub fn cancel_offer(&mut self, client: &[u8]) {
+        if let Some(ip) = self.address_of(client) {
+            if self.by_ip.get(&ip).is_some_and(|s| s.state == SlotState::Offered && s.client == client) {
+                self.by_ip.remove(&ip);
+                self.by_client.remove(client);
+            }
+        }
+    }
+
+    /// DHCPRELEASE: `client` gives `ip` back. Returns the record to persist, if it was its lease.
+    pub fn release(&mut self, ip: Ipv4Addr, client: &[u8], now: u64) -> Option<Lease> {
+        let s = self.by_ip.get_mut(&ip).filter(|s| s.client == client && s.state == SlotState::Bound)?;
+        s.state = SlotState::Released;
+        s.until = now;
+        Some(Lease {
+            ip,
+            client: client.to_vec(),
+            mac: s.mac.clone(),
+            hostname: s.hostname.clone(),
+            state: LeaseState::Released,
+            expires: now,
+        })
+    }
+
+    /// DHCPDECLINE: `client` found `ip` in use. Quarantines it for `secs` if it was offered or
+    /// bound to that client; returns the record to persist.
+    pub fn decline(&mut self, ip: Ipv4Addr, client: &[u8], secs: u32, now: u64) -> Option<Lease> {
+        let s = self.by_ip.get(&ip).filter(|s| s.client == client && s.state != SlotState::Declined)?;
+        let mac = s.mac.clone();
+        self.by_client.remove(client);
+        let until = now + u64::from(secs);
+        self.by_ip.insert(ip, Slot { client: Vec::new(), mac: mac.clone(), hostname: None, state: SlotState::Declined, until });
+        Some(Lease { ip, client: Vec::new(), mac, hostname: None, state: LeaseState::Declined, expires: until })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn subnet(a: u8, b: u8) -> Subnet {
+        Subnet {
+            network: Ipv4Addr::new(10, 0, 0, 0),
+            prefix: 24,
+            pools: vec![(Ipv4Addr::new(10, 0, 0, a), Ipv4Addr::new(10, 0, 0, b))],
+            routers: vec![],
+            dns_servers: vec![],
+            domain_name: None,
+            broadcast: Ipv4Addr::new(10, 0, 0, 255),
+            lease_time: 100,
+            renew_time: 50,
+            rebind_time: 87,
+            options: BTreeMap::new(),
+        }
+    }
+
+    fn mac(n: u8) -> HwAddr {
+        HwAddr(vec![2, 0, 0, 0, 0, n])
+    }
+
+    #[test]
+    fn offers_distinct_addresses_and_the_same_one_again() {
+        let s = subnet(10, 12);
+        let mut t = LeaseTable::default();
+        let a = t.offer(0, &s, b"a", &mac(1), None, None, None, 1000, 30).unwrap();
+        let b = t.offer(0, &s, b"b", &mac(2), None, None, None, 1000, 30).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(t.offer(0, &s, b"a", &mac(1), None, None, None, 1001, 30).unwrap(), a);
+        let c = t.offer(0, &s, b"c", &mac(3), None, None, None, 1000, 30).unwrap();
+        assert!(![a, b].contains(&c));
+        assert_eq!(t.offer(0, &s, b"d", &mac(4), None, None, None, 1000, 30), Err(AllocError::Exhausted));
+        // Offers expire; the exhausted memo lasts one second.
+        assert!(t.offer(0, &s, b"d", &mac(4), None, None, None, 1031, 30).is_ok());
+    }
+
+    #[test]
+    fn bind_conflicts_and_rollback() {
+        let s = subnet(10, 20);
+        let mut t = LeaseTable::default();
+        let ip = t.offer(0, &s, b"a", &mac(1), None, None, None, 0, 30).unwrap();
+        assert!(t.bind(ip, b"b", &mac(2), None, 100, 0).is_err(), "offered to a");
+        let (rec, undo) = t.bind(ip, b"a", &mac(1), None, 100, 0).unwrap();
+        assert_eq!(rec.expires, 100);
+        assert!(t.held_by_other(ip, b"b", 50));
+        t.rollback(undo);
+        assert_eq!(t.slot(ip).unwrap().state, SlotState::Offered);
+        // Bound then moved: the old address is freed.
+        let (_, _) = t.bind(ip, b"a", &mac(1), None, 100, 0).unwrap();
+        let other = Ipv4Addr::new(10, 0, 0, 19);
+        t.bind(other, b"a", &mac(1), None, 100, 0).unwrap();
+        assert!(t.slot(ip).is_none());
+        assert_eq!(t.address_of(b"a"), Some(other));
+    }
+
+    #[test]
+    fn reservations_requested_and_previous_addresses() {
+        let s = subnet(10, 20);
+        let mut t = LeaseTable::default();
+        let r = Ipv4Addr::new(10, 0, 0, 200);
+        assert_eq!(t.offer(0, &s, b"a", &mac(1), None, None, Some(r), 0, 30), Ok(r));
+        assert!(matches!(t.offer(0, &s, b"b", &mac(2), None, None, Some(r), 0, 30), Err(AllocError::Reserved(..))));
+        let out = Ipv4Addr::new(192, 168, 0, 1);
+        assert!(matches!(t.offer(0, &s, b"b", &mac(2), None, None, Some(out), 0, 30), Err(AllocError::Reserved(..))));
+        let want = Ipv4Addr::new(10, 0, 0, 15);
+        assert_eq!(t.offer(0, &s, b"c", &mac(3), None, Some(want), None, 0, 30), Ok(want));
+        let (_, _) = t.bind(want, b"c", &mac(3), None, 100, 0).unwrap();
+        t.release(want, b"c", 10).unwrap();
+        assert!(!t.held_by_other(want, b"z", 10));
+        assert_eq!(t.offer(0, &s, b"c", &mac(3), None, None, None, 20, 30), Ok(want), "previous address again");
+    }
+
+    #[test]
+    fn a_new_reservation_replaces_the_old_lease_only_when_requested() {
+        let s = subnet(10, 20);
+        let mut t = LeaseTable::default();
+        let old = t.offer(0, &s, b"a", &mac(1), None, None, None, 0, 30).unwrap();
+        t.bind(old, b"a", &mac(1), None, 100, 0).unwrap();
+        let pinned = Ipv4Addr::new(10, 0, 0, 222);
+        assert_eq!(t.offer(0, &s, b"a", &mac(1), None, None, Some(pinned), 1, 30), Ok(pinned));
+        assert_eq!(t.address_of(b"a"), Some(old), "still on its lease until it requests the new one");
+        t.bind(pinned, b"a", &mac(1), None, 100, 2).unwrap();
+        assert!(t.slot(old).is_none(), "the old lease is freed, as in the store");
+        assert_eq!(t.address_of(b"a"), Some(pinned));
+    }
+
+    #[test]
+    fn declined_addresses_are_quarantined() {
+        let s = subnet(10, 10);
+        let mut t = LeaseTable::default();
+        let ip = t.offer(0, &s, b"a", &mac(1), None, None, None, 0, 30).unwrap();
+        assert!(t.decline(ip, b"b", 600, 0).is_none(), "only its client may decline it");
+        let rec = t.decline(ip, b"a", 600, 0).unwrap();
+        assert_eq!(rec.state, LeaseState::Declined);
+        assert!(rec.client.is_empty());
+        assert_eq!(t.offer(0, &s, b"a", &mac(1), None, None, None, 5, 30), Err(AllocError::Exhausted));
+        assert_eq!(t.offer(0, &s, b"a", &mac(1), None, None, None, 601, 30), Ok(ip));
+    }
+
+    #[test]
+    fn reload_from_records() {
+        let rec = Lease {
+            ip: Ipv4Addr::new(10, 0, 0, 10),
+            client: b"a".to_vec(),
+            mac: mac(1),
+            hostname: None,
+            state: LeaseState::Bound,
+            expires: 1000,
+        };
+        let s = subnet(10, 11);
+        let mut t = LeaseTable::from_leases(vec![rec]);
+        assert_eq!(t.offer(0, &s, b"b", &mac(2), None, None, None, 0, 30), Ok(Ipv4Addr::new(10, 0, 0, 11)));
+        assert_eq!(t.offer(0, &s, b"a", &mac(1), None, None, None, 0, 30), Ok(Ipv4Addr::new(10, 0, 0, 10)));
+    }
+}

@@ -1,0 +1,148 @@
+//! Sans-IO tests: subnet choice, client states, destinations and reply contents.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::policy::OptionValue;
+use crate::wire::dhcpv4::{parse, HEADER_LEN, MAGIC};
+
+fn subnet(net: [u8; 3]) -> Subnet {
+    let ip = |d| Ipv4Addr::new(net[0], net[1], net[2], d);
+    Subnet {
+        network: ip(0),
+        prefix: 24,
+        pools: vec![(ip(100), ip(199))],
+        routers: vec![ip(1)],
+        dns_servers: vec![ip(2), ip(3)],
+        domain_name: Some("lab.test".into()),
+        broadcast: ip(255),
+        lease_time: 3600,
+        renew_time: 1800,
+        rebind_time: 3150,
+        options: BTreeMap::from([(42, OptionValue::Ips(vec![ip(4)]))]),
+    }
+}
+
+/// A request with `mt`, header fields and extra options.
+fn req(mt: u8, ciaddr: [u8; 4], giaddr: [u8; 4], flags: u16, opts: &[u8]) -> Packet {
+    let mut b = vec![0u8; HEADER_LEN];
+    b[0] = 1;
+    b[1] = 1;
+    b[2] = 6;
+    b[10..12].copy_from_slice(&flags.to_be_bytes());
+    b[12..16].copy_from_slice(&ciaddr);
+    b[24..28].copy_from_slice(&giaddr);
+    b[28..34].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    b.extend_from_slice(&MAGIC);
+    b.extend_from_slice(&[53, 1, mt]);
+    b.extend_from_slice(opts);
+    b.push(255);
+    parse(&b).unwrap()
+}
+
+const Z: [u8; 4] = [0; 4];
+
+#[test]
+fn subnet_by_link_selection_then_giaddr_then_interface() {
+    let subnets = [subnet([10, 0, 0]), subnet([10, 0, 1])];
+    let local = Some(Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(select_subnet(&subnets, &req(1, Z, Z, 0, &[]), local), Some(0));
+    assert_eq!(select_subnet(&subnets, &req(1, Z, [10, 0, 1, 1], 0, &[]), local), Some(1));
+    // RFC 3527: sub-option 5 wins over giaddr.
+    let p = req(1, Z, [192, 168, 9, 1], 0, &[82, 6, 5, 4, 10, 0, 1, 7]);
+    assert_eq!(select_subnet(&subnets, &p, local), Some(1));
+    assert_eq!(select_subnet(&subnets, &req(1, Z, [192, 168, 9, 1], 0, &[]), local), None, "unknown relay link");
+}
+
+#[test]
+fn client_states_per_rfc2131_4_3_2() {
+    let sel = req(3, Z, Z, 0, &[54, 4, 10, 0, 0, 1, 50, 4, 10, 0, 0, 150]);
+    assert_eq!(
+        client_state(&sel, true),
+        Some(ClientState::Selecting { server: Ipv4Addr::new(10, 0, 0, 1), requested: Ipv4Addr::new(10, 0, 0, 150) })
+    );
+    let reboot = req(3, Z, Z, 0, &[50, 4, 10, 0, 0, 150]);
+    assert_eq!(client_state(&reboot, true), Some(ClientState::InitReboot(Ipv4Addr::new(10, 0, 0, 150))));
+    let renew = req(3, [10, 0, 0, 150], Z, 0, &[]);
+    assert_eq!(client_state(&renew, false), Some(ClientState::Renewing(Ipv4Addr::new(10, 0, 0, 150))));
+    assert_eq!(client_state(&renew, true), Some(ClientState::Rebinding(Ipv4Addr::new(10, 0, 0, 150))));
+    assert_eq!(client_state(&req(3, Z, Z, 0, &[]), true), None);
+}
+
+#[test]
+fn destinations_per_rfc2131_4_1() {
+    let from0: SocketAddr = "0.0.0.0:68".parse().unwrap();
+    let yi = Ipv4Addr::new(10, 0, 0, 150);
+    // Relayed: to the relay (the sender when it has an address, else giaddr:67).
+    let relayed = req(1, Z, [10, 0, 1, 1], 0, &[]);
+    assert_eq!(destination(&relayed, MessageType::Offer, yi, "10.0.1.1:67".parse().unwrap()), Dest::Unicast("10.0.1.1:67".parse().unwrap()));
+    assert_eq!(destination(&relayed, MessageType::Offer, yi, from0), Dest::Unicast("10.0.1.1:67".parse().unwrap()));
+    assert_eq!(destination(&relayed, MessageType::Nak, yi, from0), Dest::Unicast("10.0.1.1:67".parse().unwrap()));
+    // ciaddr: unicast there.
+    let renew = req(3, [10, 0, 0, 150], Z, 0, &[]);
+    assert_eq!(destination(&renew, MessageType::Ack, yi, "10.0.0.150:68".parse().unwrap()), Dest::Unicast("10.0.0.150:68".parse().unwrap()));
+    // Broadcast flag, NAK: broadcast.
+    assert_eq!(destination(&req(1, Z, Z, 0x8000, &[]), MessageType::Offer, yi, from0), Dest::Broadcast(68));
+    assert_eq!(destination(&renew, MessageType::Nak, yi, from0), Dest::Broadcast(68));
+    // No flag, no address: unicast to yiaddr (after an ARP entry).
+    assert_eq!(destination(&req(1, Z, Z, 0, &[]), MessageType::Offer, yi, from0), Dest::UnicastNew("10.0.0.150:68".parse().unwrap()));
+}
+
+#[test]
+fn offer_carries_lease_network_and_boot_options_and_echoes_82() {
+    let s = subnet([10, 0, 0]);
+    let mut o = vec![60, 32];
+    o.extend_from_slice(b"PXEClient:Arch:00000:UNDI:002001");
+    o.extend_from_slice(&[93, 2, 0, 0, 82, 4, 1, 2, b'p', b'1']);
+    let p = req(1, Z, [10, 0, 0, 1], 0, &o);
+    let mut d = BootDecision { filename: Some("undionly.kpxe".into()), ..Default::default() };
+    d.options.insert(6, OptionValue::Ips(vec![Ipv4Addr::new(9, 9, 9, 9)]));
+    let yi = Ipv4Addr::new(10, 0, 0, 150);
+    let (r, w) = build(&p, MessageType::Offer, Phase::Discover, &s, Ipv4Addr::new(10, 0, 0, 1), yi, Some(lease_times(&s, &d)), &d);
+    assert!(w.is_empty());
+    let b = parse(&r.encode().0).unwrap();
+    assert_eq!(b.message_type(), Some(MessageType::Offer));
+    assert_eq!(b.yiaddr, yi);
+    assert_eq!(b.option(1), Some(&[255, 255, 255, 0][..]));
+    assert_eq!(b.option(3), Some(&[10, 0, 0, 1][..]));
+    assert_eq!(b.option(6), Some(&[9, 9, 9, 9][..]), "the policy's options win");
+    assert_eq!(b.option(15), Some(&b"lab.test"[..]));
+    assert_eq!(b.option(28), Some(&[10, 0, 0, 255][..]));
+    assert_eq!(b.option(42), Some(&[10, 0, 0, 4][..]));
+    assert_eq!(b.option(51), Some(&3600u32.to_be_bytes()[..]));
+    assert_eq!(b.option(54), Some(&[10, 0, 0, 1][..]));
+    assert_eq!(b.option(58), Some(&1800u32.to_be_bytes()[..]));
+    assert_eq!(b.option(59), Some(&3150u32.to_be_bytes()[..]));
+    assert_eq!(b.file, b"undionly.kpxe");
+    assert_eq!(b.siaddr, Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(b.option(60), Some(&b"PXEClient"[..]));
+    assert_eq!(b.option(43), Some(&[6, 1, 0x0b, 255][..]));
+    assert_eq!(b.option(82), Some(&[1, 2, b'p', b'1'][..]));
+    // A policy lease time overrides 51/58/59.
+    let d2 = BootDecision { lease_time: Some(600), ..Default::default() };
+    assert_eq!(lease_times(&s, &d2), (600, 300, 525));
+}
+
+#[test]
+fn plain_client_without_boot_file_gets_no_boot_options() {
+    let s = subnet([10, 0, 0]);
+    let p = req(1, Z, Z, 0, &[]);
+    let d = BootDecision::default();
+    let (r, _) = build(&p, MessageType::Offer, Phase::Discover, &s, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 150), Some((60, 30, 50)), &d);
+    let b = parse(&r.encode().0).unwrap();
+    for code in [43, 60, 66, 67] {
+        assert!(b.option(code).is_none(), "option {code}");
+    }
+    assert_eq!(b.siaddr, Ipv4Addr::UNSPECIFIED);
+    assert!(b.file.is_empty());
+}
+
+#[test]
+fn relayed_nak_sets_the_broadcast_bit() {
+    let p = req(3, Z, [10, 0, 1, 1], 0, &[50, 4, 10, 0, 0, 5]);
+    let b = parse(&build_nak(&p, Ipv4Addr::new(10, 0, 0, 1), "no").encode().0).unwrap();
+    assert_eq!(b.message_type(), Some(MessageType::Nak));
+    assert!(b.broadcast());
+    assert_eq!(b.yiaddr, Ipv4Addr::UNSPECIFIED);
+    assert_eq!(b.option(56), Some(&b"no"[..]));
+}

@@ -1,0 +1,47 @@
+//! An in-memory [`LeaseBackend`] for tests: the same semantics as SQLite, no disk.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{Lease, LeaseBackend, LeaseState, StoreError};
+
+/// Leases in a map shared by every clone (so a test keeps a handle to inspect).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryLeases {
+    rows: Arc<Mutex<BTreeMap<Ipv4Addr, Lease>>>,
+    fail: Arc<AtomicBool>,
+}
+
+impl MemoryLeases {
+    /// Every row, ordered by address.
+    pub fn rows(&self) -> Vec<Lease> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Makes every following `apply` fail (`true`) or succeed again (`false`).
+    pub fn fail_next(&self, fail: bool) {
+        self.fail.store(fail, Ordering::Relaxed);
+    }
+}
+
+impl LeaseBackend for MemoryLeases {
+    fn load(&mut self) -> Result<Vec<Lease>, StoreError> {
+        Ok(self.rows())
+    }
+
+    fn apply(&mut self, batch: &[Lease]) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(StoreError("injected failure".into()));
+        }
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        for l in batch {
+            if l.state == LeaseState::Bound && !l.client.is_empty() {
+                rows.retain(|ip, r| *ip == l.ip || r.client != l.client);
+            }
+            rows.insert(l.ip, l.clone());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! The SQLite [`LeaseBackend`]: table `dhcp4_leases` in `<state_dir>/pixie.db`.
+//!
+//! The database file is shared with the per-host store (table `host_store`); both open it in
+//! WAL mode with a busy timeout, so a reader (`pixie leases`) or the other writer never fails
+//! on a lock. `synchronous = FULL`: in WAL mode each commit fsyncs the log, which is what makes
+//! a returned [`LeaseBackend::apply`] durable across power loss, not only across `kill -9`.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags};
+
+use super::{Lease, LeaseBackend, LeaseState, StoreError};
+use crate::policy::HwAddr;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS dhcp4_leases (
+    ip       INTEGER PRIMARY KEY,   -- IPv4 address as a 32-bit number
+    client   BLOB NOT NULL,         -- option 61, else htype + chaddr; empty when declined
+    mac      TEXT NOT NULL,         -- aa:bb:cc:dd:ee:ff
+    hostname TEXT,
+    state    TEXT NOT NULL,         -- bound | released | declined
+    expires  INTEGER NOT NULL,      -- Unix seconds
+    updated  INTEGER NOT NULL       -- Unix seconds of the last write
+);
+CREATE INDEX IF NOT EXISTS dhcp4_leases_client ON dhcp4_leases(client);
+";
+
+fn err(e: rusqlite::Error) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// Leases in SQLite.
+#[derive(Debug)]
+pub struct SqliteLeases {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteLeases {
+    /// Opens (creating the folder, file and table as needed) `<state_dir>/pixie.db`.
+    pub fn open(state_dir: &Path) -> Result<SqliteLeases, StoreError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| StoreError(format!("cannot create state folder {}: {e}", state_dir.display())))?;
+        let path = state_dir.join(super::DB_FILE);
+        let conn = Connection::open(&path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError(format!("{}: cannot switch to WAL mode (got {mode})", path.display())));
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL;").map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(SqliteLeases { conn, path })
+    }
+
+    /// Opens an existing database read-only (for `pixie leases`).
+    pub fn open_read_only(state_dir: &Path) -> Result<SqliteLeases, StoreError> {
+        let path = state_dir.join(super::DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError(format!(
+                "{} does not exist (no leases yet, or pass --state-dir DIR)",
+                path.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        Ok(SqliteLeases { conn, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl LeaseBackend for SqliteLeases {
+    fn load(&mut self) -> Result<Vec<Lease>, StoreError> {
+        let exists: bool = self
+            .conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='dhcp4_leases'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(err)?
+            > 0;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut st = self
+            .conn
+            .prepare("SELECT ip, client, mac, hostname, state, expires FROM dhcp4_leases ORDER BY ip")
+            .map_err(err)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (ip, client, mac, hostname, state, expires) = row.map_err(err)?;
+            let state = LeaseState::from_name(&state)
+                .ok_or_else(|| StoreError(format!("row {ip}: unknown state '{state}'")))?;
+            out.push(Lease {
+                ip: Ipv4Addr::from(ip as u32),
+                client,
+                mac: mac.parse().unwrap_or(HwAddr(Vec::new())),
+                hostname,
+                state,
+                expires: expires.max(0) as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, batch: &[Lease]) -> Result<(), StoreError> {
+        let now = super::unix_now() as i64;
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut moved = tx
+                .prepare_cached("DELETE FROM dhcp4_leases WHERE client = ?1 AND ip <> ?2")
+                .map_err(err)?;
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO dhcp4_leases (ip, client, mac, hostname, state, expires, updated)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(err)?;
+            for l in batch {
+                let ip = u32::from(l.ip) as i64;
+                if l.state == LeaseState::Bound && !l.client.is_empty() {
+                    moved.execute(params![l.client, ip]).map_err(err)?;
+                }
+                put.execute(params![
+                    ip,
+                    l.client,
+                    l.mac.to_string(),
+                    l.hostname,
+                    l.state.as_str(),
+                    l.expires as i64,
+                    now
+                ])
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteLeases::open(dir.path()).unwrap();
+        let l = Lease {
+            ip: Ipv4Addr::new(10, 0, 0, 9),
+            client: vec![1, 2, 3],
+            mac: HwAddr(vec![2, 0, 0, 0, 0, 9]),
+            hostname: Some("h".into()),
+            state: LeaseState::Bound,
+            expires: 1234,
+        };
+        s.apply(std::slice::from_ref(&l)).unwrap();
+        let moved = Lease { ip: Ipv4Addr::new(10, 0, 0, 10), ..l.clone() };
+        s.apply(std::slice::from_ref(&moved)).unwrap();
+        drop(s);
+        let mut r = SqliteLeases::open_read_only(dir.path()).unwrap();
+        assert_eq!(r.load().unwrap(), vec![moved]);
+        let mode: String = r.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+}
