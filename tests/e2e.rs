@@ -56,6 +56,9 @@ struct Flow {
     extra: &'static [(&'static str, &'static str)],
     /// The phase the decisions must be logged in (`discover` or `proxy-4011`).
     phase: &'static str,
+    /// `proxy`: beside the plain DHCP server in the aux namespace; `full`: pixie is the only
+    /// DHCP server on the segment and hands out the address too.
+    dhcp: &'static str,
 }
 
 const BIOS_IPXE: Flow = Flow {
@@ -69,6 +72,7 @@ const BIOS_IPXE: Flow = Flow {
     plugins: "tests/e2e/plugins",
     extra: &[],
     phase: "discover",
+    dhcp: "proxy",
 };
 
 const UEFI_EDK2: Flow = Flow {
@@ -82,6 +86,7 @@ const UEFI_EDK2: Flow = Flow {
     plugins: "tests/e2e/plugins",
     extra: &[],
     phase: "discover",
+    dhcp: "proxy",
 };
 
 const UEFI_IPXE: Flow = Flow {
@@ -95,6 +100,7 @@ const UEFI_IPXE: Flow = Flow {
     plugins: "tests/e2e/plugins",
     extra: &[],
     phase: "discover",
+    dhcp: "proxy",
 };
 
 /// The same BIOS boot, but the policy leaves the boot file out of the OFFER (phase
@@ -190,6 +196,46 @@ fn example_install_once_installs_then_boots_from_disk() {
     assert!(during.contains("installing"), "after the first boot the store says: {during}");
     pixie(&["set", CLIENT_MAC, r#"{"state":"installed"}"#]);
     run_flow_with_state(&EXAMPLE_INSTALL_SECOND, Some(state.path()));
+}
+
+/// Full DHCP mode: no other DHCP server; pixie gives the address and the boot file.
+const FULL_BIOS: Flow = Flow { name: "full-bios-ipxe", dhcp: "full", ..BIOS_IPXE };
+
+/// Full DHCP mode with OVMF's own PXE client, chain-loading ipxe.efi and boot.ipxe.
+const FULL_UEFI: Flow = Flow { name: "full-uefi-edk2", dhcp: "full", ..UEFI_EDK2 };
+
+/// Boots in full mode on one state folder and checks the lease pixie stored for the VM.
+fn full_mode_boot(flow: &Flow) {
+    if skip(flow) {
+        return;
+    }
+    let state = tempfile::Builder::new().prefix("pixie-e2e-state.").tempdir().expect("tempdir");
+    run_flow_with_state(flow, Some(state.path()));
+    let out = Command::new(env!("CARGO_BIN_EXE_pixie"))
+        .args(["leases", "--json", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .expect("run pixie leases");
+    assert!(out.status.success(), "pixie leases: {}", String::from_utf8_lossy(&out.stderr));
+    let leases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pixie leases --json");
+    let mine: Vec<_> = leases
+        .as_array()
+        .expect("an array of leases")
+        .iter()
+        .filter(|l| l.to_string().contains(CLIENT_MAC))
+        .collect();
+    assert_eq!(mine.len(), 1, "{}: one lease for the VM expected, got {leases}", flow.name);
+    assert!(mine[0].to_string().contains("10.77.0."), "{}: lease outside the pool: {}", flow.name, mine[0]);
+}
+
+#[test]
+fn full_mode_bios_ipxe_gets_its_address_and_boots() {
+    full_mode_boot(&FULL_BIOS);
+}
+
+#[test]
+fn full_mode_ovmf_gets_its_address_and_boots() {
+    full_mode_boot(&FULL_UEFI);
 }
 
 #[test]
@@ -351,7 +397,12 @@ fn server_command(tftp_root: &Path, dnsmasq: bool, flow: &Flow, state_dir: &Path
             tftp_root.display().to_string(),
         ];
     }
-    vec![
+    let mode: Vec<String> = if flow.dhcp == "full" {
+        vec!["full".into(), "--pool".into(), "10.77.0.50-10.77.0.99".into()]
+    } else {
+        vec!["proxy".into()]
+    };
+    let mut cmd = vec![
         env!("CARGO_BIN_EXE_pixie").to_string(),
         "serve".into(),
         "--interface".into(),
@@ -365,8 +416,9 @@ fn server_command(tftp_root: &Path, dnsmasq: bool, flow: &Flow, state_dir: &Path
         "--tftp-root".into(),
         tftp_root.display().to_string(),
         "--dhcp-mode".into(),
-        "proxy".into(),
-    ]
+    ];
+    cmd.extend(mode);
+    cmd
 }
 
 /// Remove ANSI escape sequences (tracing's colours, firmware consoles).
@@ -448,6 +500,7 @@ fn run_flow_with_state(flow: &Flow, state_dir: Option<&Path>) {
         .args(["--firmware", flow.firmware, "--nic", flow.nic, "--nic-rom", flow.nic_rom])
         .args(["--marker", flow.marker, "--mac", CLIENT_MAC, "--uuid", CLIENT_UUID])
         .args(["--timeout", &BOOT_TIMEOUT_S.to_string()])
+        .args(if flow.dhcp == "full" { &["--no-aux"][..] } else { &[][..] })
         .arg("--workdir")
         .arg(workdir.path());
     if let Some(dir) = std::env::var_os("PIXIE_E2E_PCAP_DIR") {

@@ -418,7 +418,7 @@ async fn discover(
         warn!("{w}");
     }
     ctx.stats.offers.fetch_add(1, Ordering::Relaxed);
-    debug!(%ip, file = %d.filename.as_deref().unwrap_or(""), "offer");
+    info!(phase = "discover", address = %ip, filename = %d.filename.as_deref().unwrap_or(""), "decision: offer");
     Some(Outgoing { reply, mt: MessageType::Offer, yiaddr: ip })
 }
 
@@ -533,7 +533,13 @@ async fn ack(
         warn!("{w}");
     }
     ctx.stats.acks.fetch_add(1, Ordering::Relaxed);
-    info!(%ip, lease = times.0, file = %d.filename.as_deref().unwrap_or(""), "ack");
+    info!(
+        phase = "request",
+        address = %ip,
+        lease = times.0,
+        filename = %d.filename.as_deref().unwrap_or(""),
+        "decision: ack"
+    );
     Some(Outgoing { reply, mt: MessageType::Ack, yiaddr: ip })
 }
 
