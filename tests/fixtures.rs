@@ -151,7 +151,7 @@ fn own_captures_show_every_shape_of_port_4011_request() {
     // iPXE-EFI: from port 68 with the xid of its DHCP exchange.
     let (_, r, pkt) = at_4011.iter().find(|(_, r, _)| r.ipxe).unwrap();
     assert_eq!(r.source.unwrap().port(), 68);
-    let disc = reqs.iter().filter(|(p, r, _)| *p == Phase::Discover && r.ipxe).last().unwrap();
+    let disc = reqs.iter().rfind(|(p, r, _)| *p == Phase::Discover && r.ipxe).unwrap();
     assert_eq!(pkt.xid, disc.2.xid);
     // BIOS iPXE asks 4011 from port 68 too.
     let reqs = client_requests(&dir.join("bios-ipxe-proxy-4011.pcap"));
