@@ -187,6 +187,23 @@ impl Server {
             tftp_root = %cfg.tftp_root.display(),
             "pixie is serving"
         );
+        // DHCP counters in the log once a minute when they changed, and once at shutdown, so
+        // that dropped and malformed packets are visible without a status endpoint.
+        let (stats, sd) = (self.stats.clone(), shutdown.clone());
+        let reporter = tokio::spawn(async move {
+            let mut last = String::new();
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+                let now = stats.to_string();
+                if now != last {
+                    info!("DHCP counters: {now}");
+                    last = now;
+                }
+            }
+        });
         let mut result = Ok(());
         while let Some(joined) = tasks.join_next().await {
             match joined {
@@ -204,7 +221,8 @@ impl Server {
                 }
             }
         }
-        info!("pixie stopped");
+        reporter.abort();
+        info!("pixie stopped; DHCP counters: {}", self.stats);
         result
     }
 }

@@ -263,3 +263,55 @@ fn describe(d: &Decision) -> String {
         Decision::Boot(b) => format!("boot {}", b.filename.as_deref().unwrap_or("(no file)")),
     }
 }
+
+impl Stats {
+    /// Every counter by name, in a stable order (for logs and status output).
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("received", c(&self.received)),
+            ("malformed", c(&self.malformed)),
+            ("skipped", c(&self.skipped)),
+            ("ignored", c(&self.ignored)),
+            ("answered", c(&self.answered)),
+            ("policy_errors", c(&self.policy_errors)),
+            ("overloaded", c(&self.overloaded)),
+            ("send_errors", c(&self.send_errors)),
+            ("offers", c(&self.offers)),
+            ("acks", c(&self.acks)),
+            ("naks", c(&self.naks)),
+            ("declines", c(&self.declines)),
+            ("releases", c(&self.releases)),
+            ("informs", c(&self.informs)),
+            ("pool_exhausted", c(&self.pool_exhausted)),
+            ("store_errors", c(&self.store_errors)),
+        ]
+    }
+}
+
+impl std::fmt::Display for Stats {
+    /// `name=value` for every non-zero counter (`no DHCP traffic` when all are zero).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nonzero: Vec<String> =
+            self.snapshot().into_iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        if nonzero.is_empty() {
+            f.write_str("no DHCP traffic")
+        } else {
+            f.write_str(&nonzero.join(" "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_print_only_what_happened() {
+        let s = Stats::default();
+        assert_eq!(s.to_string(), "no DHCP traffic");
+        s.received.fetch_add(3, Ordering::Relaxed);
+        s.malformed.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(s.to_string(), "received=3 malformed=1");
+    }
+}
