@@ -172,8 +172,8 @@ pub(crate) fn simulate_from_capture(
             2,
         ));
     };
-    let replay::RequestKind::V4 { req, skip } = &request.kind else {
-        return Err(Failure(format!("request {n} is {}: DHCPv6 is not supported yet", request.phase()), 1));
+    let replay::RequestKind::Dhcp { req, skip } = &request.kind else {
+        return Err(Failure(format!("request {n} is {}: it does not parse, so there is nothing to simulate", request.phase()), 1));
     };
     let policy = load_policy(cfg.clone())?;
     connect_store(&policy, c.state_dir.as_deref())?;

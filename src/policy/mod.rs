@@ -281,6 +281,40 @@ impl BootRequest {
         }
     }
 
+    /// Builds the request from a parsed DHCPv6 client message (RFC 5970 options). `None` for
+    /// messages that ask for nothing (release, decline).
+    pub fn from_dhcpv6(msg: &crate::wire::dhcpv6::Message6, source: Option<SocketAddr>) -> Option<BootRequest> {
+        let phase = match msg.msg_type {
+            1 => Phase::Solicit,
+            3 => Phase::Request6,
+            4..=6 => Phase::Renew6,
+            11 => Phase::InfoRequest6,
+            _ => return None,
+        };
+        let user_class = msg.user_classes();
+        let relay = msg.relay.clone();
+        Some(BootRequest {
+            family: Family::V6,
+            phase,
+            mac: HwAddr(msg.mac().unwrap_or_default()),
+            uuid: msg.uuid().map(Uuid),
+            arches: msg.arches().into_iter().map(Arch::from).collect(),
+            vendor_class: msg.vendor_class().map(|(_, s)| s),
+            ipxe: user_class.iter().any(|c| c == "iPXE"),
+            user_class,
+            hostname: None,
+            client_ndi: msg.nii(),
+            relay: relay.as_ref().map(|r| IpAddr::V6(r.link)),
+            circuit_id: relay.as_ref().and_then(|r| r.interface_id.clone()),
+            remote_id: relay.and_then(|r| r.remote_id),
+            interface: None,
+            source,
+            client_ip: None,
+            server: None,
+            options: msg.options.iter().map(|(c, v)| (*c, v.clone())).collect(),
+        })
+    }
+
     /// First architecture, the one that decides (`None` if the client sent none).
     pub fn arch(&self) -> Option<Arch> {
         self.arches.first().copied()

@@ -7,5 +7,6 @@
 
 pub mod arch;
 pub mod dhcpv4;
+pub mod dhcpv6;
 pub mod pcap;
 pub mod tftp;

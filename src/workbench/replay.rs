@@ -2,7 +2,8 @@
 //!
 //! [`client_requests`] finds every DHCP client request in a pcap/pcapng capture: DHCPv4
 //! BOOTREQUESTs to port 67 (DISCOVER, REQUEST, INFORM) and anything to the PXE port 4011, and
-//! DHCPv6 client messages to port 547 (listed, not yet decided: pixie has no DHCPv6 yet).
+//! DHCPv6 client messages to port 547 (Solicit, Request, Renew/Rebind/Confirm, Information-request;
+//! RFC 5970 options; relay-forward unwrapped) are decided too, as `family == "v6"`.
 //! [`replay`] asks the policy about each one, the way `pixie serve` in proxyDHCP mode would:
 //! requests proxyDHCP leaves to the network's DHCP server are shown as skipped, with the
 //! reason, unless [`Options::all`] asks the policy about them too.
@@ -44,24 +45,17 @@ pub struct CapturedRequest {
 /// What kind of client request a capture holds.
 #[derive(Debug, Clone)]
 pub enum RequestKind {
-    /// A DHCPv4 request the policy can decide on.
-    V4 {
+    /// A DHCPv4 or DHCPv6 request the policy can decide on.
+    Dhcp {
         /// The request as the policy sees it (`server` set to the boot server's address).
         req: Box<BootRequest>,
         /// Why proxyDHCP would not ask the policy (`None`: it would).
         skip: Option<String>,
     },
-    /// A DHCPv4 datagram to a server port that does not parse.
+    /// A DHCPv4 or DHCPv6 datagram to a server port that does not parse.
     Malformed {
         /// The parser's reason.
         why: String,
-    },
-    /// A DHCPv6 client message (not supported yet).
-    V6 {
-        /// Client MAC from a link-layer DUID, when there is one.
-        mac: Option<HwAddr>,
-        /// Message name (`solicit`, `request`, …).
-        phase: String,
     },
 }
 
@@ -69,8 +63,7 @@ impl CapturedRequest {
     /// The client's MAC as printed (`""` when unknown).
     pub fn mac(&self) -> String {
         match &self.kind {
-            RequestKind::V4 { req, .. } => req.mac.to_string(),
-            RequestKind::V6 { mac, .. } => mac.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+            RequestKind::Dhcp { req, .. } => req.mac.to_string(),
             RequestKind::Malformed { .. } => String::new(),
         }
     }
@@ -78,7 +71,7 @@ impl CapturedRequest {
     /// The architecture name (`x64-uefi`; `""` when the client sent none).
     pub fn arch(&self) -> String {
         match &self.kind {
-            RequestKind::V4 { req, .. } => req.arch().map(|a| a.name()).unwrap_or_default(),
+            RequestKind::Dhcp { req, .. } => req.arch().map(|a| a.name()).unwrap_or_default(),
             _ => String::new(),
         }
     }
@@ -86,8 +79,7 @@ impl CapturedRequest {
     /// The phase name (`discover`, `proxy-4011`, `solicit`, …).
     pub fn phase(&self) -> String {
         match &self.kind {
-            RequestKind::V4 { req, .. } => req.phase.as_str().to_string(),
-            RequestKind::V6 { phase, .. } => phase.clone(),
+            RequestKind::Dhcp { req, .. } => req.phase.as_str().to_string(),
             RequestKind::Malformed { .. } => "malformed".into(),
         }
     }
@@ -161,12 +153,26 @@ pub fn client_requests(
                         IpAddr::V6(_) => false,
                     };
                     req.server = if unicast { Some(d.dst.ip()) } else { answering };
-                    RequestKind::V4 { req: Box::new(req), skip }
+                    RequestKind::Dhcp { req: Box::new(req), skip }
                 }
             },
-            DHCPV6_SERVER_PORT => match v6_client(&d.payload) {
-                Some((phase, mac)) => RequestKind::V6 { mac, phase },
-                None => continue,
+            DHCPV6_SERVER_PORT => match crate::wire::dhcpv6::parse(&d.payload) {
+                Err(e) => RequestKind::Malformed { why: e.to_string() },
+                Ok(msg) => match BootRequest::from_dhcpv6(&msg, Some(d.src)) {
+                    // Advertise/Reply from a server, release, decline: nothing to decide.
+                    None => continue,
+                    Some(mut req) => {
+                        if req.mac.0.is_empty() {
+                            // DUID-UUID/-EN carry no MAC: the capture's Ethernet source does.
+                            if let Some(m) = d.src_mac {
+                                req.mac = HwAddr(m.to_vec());
+                            }
+                        }
+                        let skip = (!req.pxe_client() && !req.http())
+                            .then(|| "no vendor class PXEClient/HTTPClient: not a network-boot client".to_string());
+                        RequestKind::Dhcp { req: Box::new(req), skip }
+                    }
+                },
             },
             _ => continue,
         };
@@ -209,40 +215,6 @@ fn answering_server(datagrams: &[pcap::Datagram]) -> Option<IpAddr> {
     replies.iter().find(|(_, pxe)| *pxe).or(replies.first()).map(|(ip, _)| *ip)
 }
 
-/// A DHCPv6 client message: its name and the MAC in its client DUID (LLT or LL, Ethernet).
-fn v6_client(p: &[u8]) -> Option<(String, Option<HwAddr>)> {
-    let name = match *p.first()? {
-        1 => "solicit",
-        3 => "request6",
-        4 => "confirm6",
-        5 => "renew6",
-        6 => "rebind6",
-        8 => "release6",
-        9 => "decline6",
-        11 => "info-request6",
-        12 => "relay-forw6",
-        _ => return None,
-    };
-    let mut mac = None;
-    let mut i = 4;
-    while i + 4 <= p.len() {
-        let code = u16::from_be_bytes([p[i], p[i + 1]]);
-        let len = u16::from_be_bytes([p[i + 2], p[i + 3]]) as usize;
-        let Some(v) = p.get(i + 4..i + 4 + len) else { break };
-        if code == 1 && v.len() >= 4 {
-            // DUID-LLT (1): type, hw type, time, address; DUID-LL (3): type, hw type, address.
-            let ll = match u16::from_be_bytes([v[0], v[1]]) {
-                1 => v.get(8..),
-                3 => v.get(4..),
-                _ => None,
-            };
-            mac = ll.filter(|a| a.len() == 6).map(|a| HwAddr(a.to_vec()));
-        }
-        i += 4 + len;
-    }
-    Some((name.to_string(), mac))
-}
-
 /// How to replay.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -264,8 +236,6 @@ pub enum Outcome {
     Skipped(String),
     /// The datagram does not parse; the reason.
     Malformed(String),
-    /// DHCPv6 is not supported yet.
-    V6Unsupported,
 }
 
 /// One replayed request.
@@ -287,7 +257,6 @@ impl Row {
             Outcome::Failed(e) => super::error_summary(e),
             Outcome::Skipped(why) => format!("skip: {why}"),
             Outcome::Malformed(why) => format!("malformed: {why}"),
-            Outcome::V6Unsupported => "v6: not supported yet".into(),
         }
     }
 
@@ -323,10 +292,6 @@ impl Row {
                 m.insert("decision".into(), "malformed".into());
                 m.insert("reason".into(), why.clone().into());
             }
-            Outcome::V6Unsupported => {
-                m.insert("decision".into(), "unsupported".into());
-                m.insert("reason".into(), "DHCPv6 is not supported yet".into());
-            }
         }
         if let Some(t) = self.now {
             m.insert("now".into(), t.to_rfc3339().into());
@@ -342,16 +307,15 @@ pub fn replay(policy: &RhaiPolicy, requests: Vec<CapturedRequest>, opts: &Option
         .into_iter()
         .map(|request| {
             let (outcome, now) = match &request.kind {
-                RequestKind::V4 { skip: Some(why), .. } if !opts.all => {
+                RequestKind::Dhcp { skip: Some(why), .. } if !opts.all => {
                     (Outcome::Skipped(why.clone()), None)
                 }
-                RequestKind::V4 { req, .. } => {
+                RequestKind::Dhcp { req, .. } => {
                     policy.set_clock(Some(opts.at.unwrap_or(request.at)));
                     let (d, now) = policy.boot_traced(req);
                     (d.map_or_else(Outcome::Failed, Outcome::Decided), now)
                 }
                 RequestKind::Malformed { why } => (Outcome::Malformed(why.clone()), None),
-                RequestKind::V6 { .. } => (Outcome::V6Unsupported, None),
             };
             Row { request, outcome, now }
         })
@@ -405,18 +369,6 @@ pub fn table(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn v6_messages_are_named_and_their_mac_found() {
-        // Solicit, xid, option 1 (client id) = DUID-LL, Ethernet, 52:54:00:77:00:10.
-        let mut p = vec![1, 0xaa, 0xbb, 0xcc, 0, 1, 0, 10, 0, 3, 0, 1];
-        p.extend([0x52, 0x54, 0, 0x77, 0, 0x10]);
-        let (name, mac) = v6_client(&p).unwrap();
-        assert_eq!(name, "solicit");
-        assert_eq!(mac.unwrap().to_string(), "52:54:00:77:00:10");
-        assert!(v6_client(&[2, 0, 0, 0]).is_none(), "advertise is not a client message");
-        assert_eq!(v6_client(&[11, 0, 0, 0, 0, 1, 0, 200]).unwrap(), ("info-request6".into(), None));
-    }
 
     #[test]
     fn damaged_captures_are_errors_not_panics() {
