@@ -578,8 +578,6 @@ fn run_lockstep(sock: &std::net::UdpSocket, t: &mut Transfer, cancel: &Cancellat
         if !t.is_running() {
             break;
         }
-        // Read the next block now, while the client handles this one.
-        t.prefetch();
         if cancel.is_cancelled() {
             t.cancel();
             continue;

@@ -107,15 +107,10 @@ pub struct Stats {
 pub struct Transfer {
     blksize: usize,
     window: u64,
-    /// Slots in the ring: `window`, plus one for lock-step so that the next block can be read
-    /// ([`Transfer::prefetch`]) while the current one waits for its ACK.
-    slots: u64,
-    /// A read error met by [`Transfer::prefetch`], reported when that block is due.
-    deferred_error: Option<io::Error>,
     timeout: Duration,
     retries: u32,
     source: Box<dyn Read + Send>,
-    /// `slots` slots of `DATA_HEADER + blksize` bytes; block n lives in slot (n - 1) % slots.
+    /// `window` slots of `DATA_HEADER + blksize` bytes; block n lives in slot (n - 1) % window.
     ring: Vec<u8>,
     /// Packet length of each slot.
     slot_len: Vec<usize>,
@@ -166,17 +161,14 @@ impl Transfer {
             Packet::Oack(params.oack).emit(&mut oack);
         }
         let has_oack = !oack.is_empty();
-        let slots = if window == 1 { 2 } else { window };
         let mut t = Transfer {
             blksize,
             window,
-            slots,
-            deferred_error: None,
             timeout: params.timeout,
             retries: params.retries,
             source,
-            ring: vec![0; slots as usize * (DATA_HEADER + blksize)],
-            slot_len: vec![0; slots as usize],
+            ring: vec![0; window as usize * (DATA_HEADER + blksize)],
+            slot_len: vec![0; window as usize],
             control: oack.clone(),
             oack,
             control_pending: has_oack,
@@ -335,11 +327,11 @@ impl Transfer {
         }
         let seg = DATA_HEADER + self.blksize;
         let first = self.next_send;
-        let first_slot = ((first - 1) % self.slots) as usize;
+        let first_slot = ((first - 1) % self.window) as usize;
         let mut n = first;
         let mut len = 0;
         while n <= self.send_upto && (n - first) < max_segments.max(1) as u64 {
-            let slot = ((n - 1) % self.slots) as usize;
+            let slot = ((n - 1) % self.window) as usize;
             if n > first && (slot == 0 || len + seg > max_bytes) {
                 break; // the ring wraps here, or the batch is full
             }
@@ -374,30 +366,10 @@ impl Transfer {
         Some((&self.ring[start..start + len], seg))
     }
 
-    /// Reads the block after the one just sent into the spare slot of a lock-step ring, so that
-    /// the read is done while the client works on the current block instead of after its ACK.
-    /// Does nothing for windowed transfers, after the last block, or when that block is read
-    /// already. A read error is kept and reported when the block is due.
-    pub fn prefetch(&mut self) {
-        if !self.is_running()
-            || self.last_block.is_some()
-            || self.deferred_error.is_some()
-            || self.loaded + 1 > self.acked + self.slots
-        {
-            return;
-        }
-        if let Err(e) = self.load_next() {
-            self.deferred_error = Some(e);
-        }
-    }
-
     /// Reads block `loaded + 1` into its slot.
     fn load_next(&mut self) -> io::Result<()> {
-        if let Some(e) = self.deferred_error.take() {
-            return Err(e);
-        }
         let n = self.loaded + 1;
-        let slot = ((n - 1) % self.slots) as usize;
+        let slot = ((n - 1) % self.window) as usize;
         let start = slot * (DATA_HEADER + self.blksize);
         let pkt = &mut self.ring[start..start + DATA_HEADER + self.blksize];
         wire::write_data_header(pkt, n as u16);
@@ -528,63 +500,6 @@ mod tests {
         assert!(drain(&mut t).is_empty());
         assert_eq!(t.deadline(), None);
         assert_eq!(t.stats().bytes, 1300);
-    }
-
-    #[test]
-    fn lock_step_prefetch_keeps_the_unacked_block_for_retransmission() {
-        let f = data(5 * 512 + 100);
-        let (mut t, now) = start(&f, 512, 1, &[("blksize", "512")]);
-        assert_eq!(drain(&mut t).len(), 1); // OACK
-        t.prefetch(); // reads block 1 while the OACK is out
-        t.on_packet(&ack(0), now);
-        let mut got = Vec::new();
-        let mut block = 1u16;
-        let mut later = now;
-        while t.is_running() {
-            let out = drain(&mut t);
-            assert_eq!(blocks(&out), [block]);
-            t.prefetch();
-            t.prefetch(); // at most one block ahead
-            if block == 3 {
-                // Lost: the timeout re-sends the same block, not the prefetched one.
-                later += T;
-                t.on_timeout(later);
-                let again = drain(&mut t);
-                assert_eq!(again, out);
-            }
-            let Packet::Data { data, .. } = Packet::parse(&out[0]).unwrap() else { panic!() };
-            got.extend_from_slice(data);
-            t.on_packet(&ack(block), later);
-            block += 1;
-        }
-        assert_eq!(got, f);
-        assert_eq!(t.status(), &Status::Done);
-        assert_eq!(t.stats().bytes, f.len() as u64);
-    }
-
-    #[test]
-    fn prefetch_read_error_is_reported_when_the_block_is_due() {
-        struct FailSecond(u32);
-        impl Read for FailSecond {
-            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-                self.0 += 1;
-                if self.0 > 1 {
-                    return Err(io::Error::other("disk gone"));
-                }
-                b.fill(1);
-                Ok(b.len())
-            }
-        }
-        let p = Params { blksize: 512, windowsize: 1, timeout: T, retries: 3, oack: vec![] };
-        let now = Instant::now();
-        let mut t = Transfer::new(p, Box::new(FailSecond(0)), now);
-        assert_eq!(blocks(&drain(&mut t)), [1]);
-        t.prefetch();
-        assert!(t.is_running(), "the error waits for its block");
-        t.on_packet(&ack(1), now);
-        let out = drain(&mut t);
-        assert!(matches!(Packet::parse(&out[0]).unwrap(), Packet::Error { .. }));
-        assert!(matches!(t.status(), Status::Failed(Failure::Read(_))));
     }
 
     #[test]
