@@ -568,7 +568,7 @@ fn run_lockstep(sock: &std::net::UdpSocket, t: &mut Transfer, cancel: &Cancellat
     let mut buf = [0u8; 1024];
     let _running = LockstepCount::enter();
     loop {
-        let spin = LockstepCount::get() <= spare_cores();
+        let spin = LockstepCount::get() < spare_cores();
         while let Some(pkt) = t.poll_transmit() {
             match sock.send(pkt) {
                 Ok(_) => {}
@@ -612,8 +612,7 @@ fn run_lockstep(sock: &std::net::UdpSocket, t: &mut Transfer, cancel: &Cancellat
 /// How long a lock-step thread polls for the ACK before it blocks.
 const LOCKSTEP_SPIN: std::time::Duration = std::time::Duration::from_micros(40);
 
-/// Lock-step threads running now (over all servers in the process); while there are no more
-/// than [`spare_cores`], they spin for their ACKs.
+/// Lock-step threads running now (over all servers in the process).
 static LOCKSTEP_RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 struct LockstepCount;
