@@ -566,9 +566,7 @@ fn run_lockstep(sock: &std::net::UdpSocket, t: &mut Transfer, cancel: &Cancellat
         return;
     }
     let mut buf = [0u8; 1024];
-    let _running = LockstepCount::enter();
     loop {
-        let spin = LockstepCount::get() < spare_cores();
         while let Some(pkt) = t.poll_transmit() {
             match sock.send(pkt) {
                 Ok(_) => {}
@@ -584,10 +582,7 @@ fn run_lockstep(sock: &std::net::UdpSocket, t: &mut Transfer, cancel: &Cancellat
             t.cancel();
             continue;
         }
-        // Spin briefly for the ACK while there are spare cores: a client that answers within
-        // LOCKSTEP_SPIN saves this thread a sleep and a wake-up per block.
-        let spun = if spin { spin_recv(sock, &mut buf) } else { None };
-        match spun.unwrap_or_else(|| sock.recv(&mut buf)) {
+        match sock.recv(&mut buf) {
             Ok(n) => {
                 let now = Instant::now();
                 t.on_packet(&buf[..n], now);
@@ -607,57 +602,6 @@ fn run_lockstep(sock: &std::net::UdpSocket, t: &mut Transfer, cancel: &Cancellat
             }
         }
     }
-}
-
-/// How long a lock-step thread polls for the ACK before it blocks.
-const LOCKSTEP_SPIN: std::time::Duration = std::time::Duration::from_micros(40);
-
-/// Lock-step threads running now (over all servers in the process).
-static LOCKSTEP_RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-struct LockstepCount;
-
-impl LockstepCount {
-    fn enter() -> LockstepCount {
-        LOCKSTEP_RUNNING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        LockstepCount
-    }
-    fn get() -> usize {
-        LOCKSTEP_RUNNING.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-impl Drop for LockstepCount {
-    fn drop(&mut self) {
-        LOCKSTEP_RUNNING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// Cores that may spin: all but one, so that the clients and everything else keep one.
-fn spare_cores() -> usize {
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1))
-}
-
-/// Polls `sock` without blocking for up to [`LOCKSTEP_SPIN`]; `None` when nothing came.
-fn spin_recv(sock: &std::net::UdpSocket, buf: &mut [u8]) -> Option<io::Result<usize>> {
-    let until = Instant::now() + LOCKSTEP_SPIN;
-    for _ in 0..1000 {
-        // SAFETY: buf is a live, writable buffer of buf.len() bytes.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        if n >= 0 {
-            return Some(Ok(n as usize));
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::WouldBlock {
-            return Some(Err(e));
-        }
-        if Instant::now() >= until {
-            break;
-        }
-        std::hint::spin_loop();
-    }
-    None
 }
 
 impl Job {
