@@ -5,6 +5,10 @@
 //! `spawn_blocking`, so one slow script or disk never delays other clients' requests.
 //! Each transfer owns its socket (its transfer ID), bound to the local address the request was
 //! sent to, and drives a [`Transfer`] state machine; this file is the thin glue between them.
+//! A lock-step transfer (windowsize 1) of 32 blocks or more hands its socket and state machine to
+//! a thread of its own with a blocking socket ([`TftpConfig::lockstep_threads`]): lock-step speed
+//! is one round trip per block, and a thread woken straight out of `recv` answers an ACK sooner
+//! than a readiness event followed by a task wake-up.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
