@@ -6,6 +6,14 @@
 # Usage (as root, from the repository root):
 #   bench/tftp.sh [--servers "pixie tftpd-hpa dnsmasq async-tftp"] [--size-mib 64] [--repeats 1]
 #                 [--parallel 20] [--small-n 200] [--out DIR] [--bin PATH] [--quick]
+#   bench/tftp.sh --ab N [--servers "pixie tftpd-hpa dnsmasq"] [--old-bin PATH]
+#
+# --ab N: interleaved lock-step runs instead of the table above. All servers run at once on
+# their own ports (dnsmasq on 69) and every test goes to each server in turn, N rounds
+# (A/B/A/B), so that load changes on a shared box hit every server alike. Tests: curl at
+# blksize 512 (8 MiB), 1468 (32 MiB), 8192 and 65464 (64 MiB), tftp-hpa (8 MiB), and 20
+# parallel curls at 1468 (20 x 32 MiB, aggregate). Prints medians, all runs, and ratios to
+# tftpd-hpa. --old-bin adds a second pixie build as server "pixie-old".
 #
 # Needs: curl, tftp (tftp-hpa), atftp, in.tftpd (tftpd-hpa), dnsmasq, ip (iproute2), python3.
 #   apt-get install -y tftpd-hpa tftp-hpa atftp dnsmasq-base curl   (policy-rc.d keeps services off)
@@ -33,6 +41,8 @@ OUT=""
 BIN=""
 BLKSIZES="512 1468 8192 65464"
 WINDOWS="1 16 64"
+AB=0
+OLDBIN=""
 
 usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
@@ -48,6 +58,8 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift 2 ;;
     --bin) BIN="$2"; shift 2 ;;
     --quick) SIZE_MIB=16; PARALLEL=8; SMALL_N=100; shift ;;
+    --ab) AB="$2"; shift 2 ;;
+    --old-bin) OLDBIN="$2"; shift 2 ;;
     --inside) INSIDE=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 ;;
@@ -97,7 +109,7 @@ for l in sys.stdin:
   echo "namespace $NS, results in $OUT" >&2
   # nsenter --net, not `ip netns exec`: the latter remounts /sys, hiding the cgroup tree that
   # measures server CPU and memory.
-  nsenter --net="/run/netns/$NS" env PXT_BIN="$BIN" PXT_OUT="$OUT" PXT_CG_PREFIX="pxtftp-$$" \
+  nsenter --net="/run/netns/$NS" env PXT_BIN="$BIN" PXT_OLDBIN="$OLDBIN" PXT_OUT="$OUT" PXT_CG_PREFIX="pxtftp-$$" \
     bash "$0" "${ARGS[@]}" --inside
   exit $?
 fi
@@ -115,6 +127,80 @@ fi
 [ -f "$ROOT/small.bin" ] || head -c 4096 /dev/urandom > "$ROOT/small.bin"
 chmod 644 "$ROOT"/*.bin
 cat "$ROOT/big.bin" > /dev/null   # page cache
+
+# --ab: interleaved lock-step rounds, all servers up at once.
+if [ "$AB" -gt 0 ]; then
+  [ "$SERVERS" = "pixie tftpd-hpa dnsmasq async-tftp" ] && SERVERS="pixie tftpd-hpa dnsmasq"
+  [ -n "$PXT_OLDBIN" ] && SERVERS="$SERVERS pixie-old"
+  AB_SIZE=$((64 * 1024 * 1024))
+  [ "$(stat -c %s "$ROOT/big.bin")" -ge "$AB_SIZE" ] || { echo "--ab needs --size-mib 64 or more" >&2; exit 2; }
+  head -c $((8 * 1024 * 1024)) "$ROOT/big.bin" > "$ROOT/ab8.bin"
+  head -c $((32 * 1024 * 1024)) "$ROOT/big.bin" > "$ROOT/ab32.bin"
+  head -c "$AB_SIZE" "$ROOT/big.bin" > "$ROOT/ab64.bin"
+  chmod 644 "$ROOT"/ab*.bin
+  declare -A PORT=([pixie]=6901 [pixie-old]=6902 [tftpd-hpa]=6903 [async-tftp]=6904 [dnsmasq]=69)
+  AB_PIDS=()
+  for s in $SERVERS; do
+    case "$s" in
+      pixie) "$BIN" pixie "$ROOT" 127.0.0.1:6901 > "$OUT/$s.log" 2>&1 & ;;
+      pixie-old) "$PXT_OLDBIN" pixie "$ROOT" 127.0.0.1:6902 > "$OUT/$s.log" 2>&1 & ;;
+      tftpd-hpa) in.tftpd -L -s "$ROOT" -a 127.0.0.1:6903 > "$OUT/$s.log" 2>&1 & ;;
+      async-tftp) "$BIN" async-tftp "$ROOT" 127.0.0.1:6904 > "$OUT/$s.log" 2>&1 & ;;
+      dnsmasq) dnsmasq --no-daemon --conf-file=/dev/null --port=0 --listen-address=127.0.0.1 \
+                 --bind-interfaces --enable-tftp --tftp-root="$ROOT" --quiet-tftp --pid-file= \
+                 --log-facility="$OUT/$s.dnsmasq.log" > "$OUT/$s.log" 2>&1 & ;;
+      *) echo "unknown server $s" >&2; exit 2 ;;
+    esac
+    AB_PIDS+=($!)
+  done
+  sleep 1
+  RES="$OUT/results-ab.tsv"
+  : > "$RES"
+  echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), --ab $AB" | tee "$OUT/header.txt" >&2
+  for r in $(seq "$AB"); do
+    for t in curl-512 curl-1468 curl-8192 curl-65464 tftp-hpa parallel20; do
+      for s in $SERVERS; do
+        p=${PORT[$s]}
+        case $t in
+          curl-512) f=ab8.bin; cmd=(curl -s --tftp-blksize 512 -o /dev/null "tftp://127.0.0.1:$p/$f") ;;
+          curl-1468) f=ab32.bin; cmd=(curl -s --tftp-blksize 1468 -o /dev/null "tftp://127.0.0.1:$p/$f") ;;
+          curl-8192) f=ab64.bin; cmd=(curl -s --tftp-blksize 8192 -o /dev/null "tftp://127.0.0.1:$p/$f") ;;
+          curl-65464) f=ab64.bin; cmd=(curl -s --tftp-blksize 65464 -o /dev/null "tftp://127.0.0.1:$p/$f") ;;
+          tftp-hpa) f=ab8.bin; cmd=(tftp -m binary 127.0.0.1 "$p" -c get "$f" /dev/null) ;;
+          parallel20) f=ab32.bin
+            cmd=(bash -c 'pids=(); for i in $(seq 20); do timeout 280 curl -s --tftp-blksize 1468 -o /dev/null "$0" & pids+=($!); done
+                          ok=0; for x in "${pids[@]}"; do wait "$x" || ok=1; done; exit $ok' "tftp://127.0.0.1:$p/$f") ;;
+        esac
+        sz=$(stat -c %s "$ROOT/$f"); [ "$t" = parallel20 ] && sz=$((sz * 20))
+        a=$(date +%s.%N); timeout 300 "${cmd[@]}" > /dev/null 2>&1; rc=$?; b=$(date +%s.%N)
+        v=$(python3 -c "print(f'{$sz/($b-$a)/1e6:.1f}' if $rc==0 else 'nan')")
+        printf '%s\t%s\t%s\t%s\n' "$r" "$t" "$s" "$v" | tee -a "$RES" >&2
+      done
+    done
+  done
+  for p in "${AB_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  python3 - "$RES" "$SERVERS" <<'EOF'
+import sys, statistics, collections
+d = collections.defaultdict(list)
+tests = []
+for line in open(sys.argv[1]):
+    _, t, s, v = line.rstrip("\n").split("\t")
+    if t not in tests:
+        tests.append(t)
+    if v != "nan":
+        d[(t, s)].append(float(v))
+servers = sys.argv[2].split()
+others = [s for s in servers if s != "tftpd-hpa"]
+print("| test (MB/s) | " + " | ".join(servers) + " | " + " | ".join(f"{s}/tftpd-hpa" for s in others) + " |")
+print("|" + "---|" * (1 + len(servers) + len(others)))
+for t in tests:
+    med = {s: statistics.median(d[(t, s)]) if d[(t, s)] else float("nan") for s in servers}
+    cells = [f"{med[s]:.1f} [{' '.join(f'{x:.0f}' for x in d[(t, s)])}]" for s in servers]
+    ratios = [f"{med[s] / med['tftpd-hpa']:.2f}x" if "tftpd-hpa" in med else "-" for s in others]
+    print(f"| {t} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+EOF
+  exit 0
+fi
 RES="$OUT/results.tsv"
 : > "$RES"
 SMALLCFG="$OUT/small.curlrc"

@@ -60,6 +60,11 @@ pub struct TftpConfig {
     /// Send each window (windowsize > 1) with UDP GSO, one system call per up to 64 blocks; the
     /// transfer falls back to one send per block by itself where GSO is refused.
     pub udp_gso: bool,
+    /// Run each lock-step (windowsize 1) transfer of a known size of 32 blocks or more on a
+    /// thread of its own with a blocking socket: one wake-up per ACK instead of a readiness
+    /// event and a task hop, which is what bounds lock-step throughput. At most
+    /// [`TftpConfig::max_transfers`] such threads exist at once.
+    pub lockstep_threads: bool,
 }
 
 impl Default for TftpConfig {
@@ -75,6 +80,7 @@ impl Default for TftpConfig {
             max_window_bytes: 64 * 1024,
             read_ahead: 64 * 1024,
             udp_gso: true,
+            lockstep_threads: true,
         }
     }
 }

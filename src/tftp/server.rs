@@ -5,6 +5,10 @@
 //! `spawn_blocking`, so one slow script or disk never delays other clients' requests.
 //! Each transfer owns its socket (its transfer ID), bound to the local address the request was
 //! sent to, and drives a [`Transfer`] state machine; this file is the thin glue between them.
+//! A lock-step transfer (windowsize 1) of 32 blocks or more hands its socket and state machine to
+//! a thread of its own with a blocking socket ([`TftpConfig::lockstep_threads`]): lock-step speed
+//! is one round trip per block, and a thread woken straight out of `recv` answers an ACK sooner
+//! than a readiness event followed by a task wake-up.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
@@ -416,7 +420,20 @@ impl Job {
         let started = Instant::now();
         let mut t = Transfer::new(params, p.source, started);
         debug!(what = %p.what, blksize = t.blksize(), windowsize = t.windowsize(), "transfer starting");
+        let lockstep_thread = cfg.lockstep_threads
+            && t.windowsize() == 1
+            && p.size.is_some_and(|n| n >= LOCKSTEP_THREAD_MIN_BLOCKS * t.blksize() as u64);
+        if lockstep_thread {
+            t = self.run_on_thread(sock, t).await;
+        } else {
+            self.run_async(&sock, &mut t, started).await;
+        }
+        self.log_end(&t, &p.what, started, had_oack);
+    }
 
+    /// The transfer loop on the runtime: windows, GSO, one task per transfer.
+    async fn run_async(&self, sock: &UdpSocket, t: &mut Transfer, started: Instant) {
+        let cfg = &self.shared.cfg;
         // ACKs and ERRORs only; a larger datagram is truncated by the kernel, which is harmless.
         let mut buf = [0u8; 1024];
         let first_deadline = t.deadline().unwrap_or(started);
@@ -435,7 +452,7 @@ impl Job {
                 let max_segments = if gso { GSO_MAX_SEGMENTS } else { 1 };
                 let Some((buf, seg)) = t.poll_transmit_batch(max_segments, GSO_MAX_BYTES) else { break };
                 let mut r =
-                    if buf.len() > seg { send_gso(&sock, buf, seg).await } else { sock.send(buf).await.map(drop) };
+                    if buf.len() > seg { send_gso(sock, buf, seg).await } else { sock.send(buf).await.map(drop) };
                 if let Err(e) = &r {
                     if buf.len() > seg && e.kind() != io::ErrorKind::ConnectionRefused {
                         debug!("UDP GSO unavailable ({e}); sending packets one by one");
@@ -476,21 +493,138 @@ impl Job {
                 }
             }
         }
+    }
+
+    /// Runs a lock-step transfer on a thread of its own with a blocking socket: each ACK wakes
+    /// that thread straight out of `recv`, which sends the next block at once (two system calls
+    /// per block, as tftpd-hpa's process per transfer), instead of a readiness event, a task
+    /// wake-up and a scheduler hop on the runtime. Falls back to the runtime if no thread can be
+    /// started.
+    async fn run_on_thread(&self, sock: UdpSocket, mut t: Transfer) -> Transfer {
+        let std_sock = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cannot hand the transfer socket to a thread: {e}");
+                t.abandon(Failure::Read(e.to_string()));
+                return t;
+            }
+        };
+        let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(std::net::UdpSocket, Transfer)>(1);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let cancel = self.cancel.clone();
+        let span = tracing::Span::current();
+        let spawned = std::thread::Builder::new()
+            .name("tftp-lockstep".into())
+            .stack_size(LOCKSTEP_THREAD_STACK)
+            .spawn(move || {
+                let _in_span = span.enter();
+                if let Ok((sock, mut t)) = job_rx.recv() {
+                    run_lockstep(&sock, &mut t, &cancel);
+                    let _ = done_tx.send(t);
+                }
+            });
+        if let Err(e) = spawned {
+            debug!("cannot start a transfer thread ({e}); running on the runtime");
+            let started = Instant::now();
+            match UdpSocket::from_std(std_sock) {
+                Ok(sock) => self.run_async(&sock, &mut t, started).await,
+                Err(e) => t.abandon(Failure::Read(e.to_string())),
+            }
+            return t;
+        }
+        if job_tx.send((std_sock, t)).is_err() {
+            // The thread died before taking the job (it cannot: it only waits for it).
+            error!("transfer thread vanished");
+        }
+        match done_rx.await {
+            Ok(t) => t,
+            Err(_) => {
+                error!("transfer thread panicked");
+                let mut t = Transfer::new(
+                    Params { blksize: 512, windowsize: 1, timeout: self.shared.cfg.timeout, retries: 0, oack: vec![] },
+                    Box::new(std::io::empty()),
+                    Instant::now(),
+                );
+                t.abandon(Failure::Read("transfer thread panicked".into()));
+                t
+            }
+        }
+    }
+}
+
+/// Lock-step transfers of at least this many blocks (known size) run on their own thread; shorter
+/// ones stay on the runtime, where they cost no thread start.
+const LOCKSTEP_THREAD_MIN_BLOCKS: u64 = 32;
+/// Stack of a lock-step transfer thread: the loop below needs a few KiB (plus logging).
+const LOCKSTEP_THREAD_STACK: usize = 256 * 1024;
+/// How long a lock-step thread blocks in `recv` before it looks at the shutdown token and the
+/// retransmission deadline again.
+const LOCKSTEP_POLL: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// The blocking twin of the runtime's loop for windowsize 1: send what the state machine has,
+/// then block in `recv` (at most [`LOCKSTEP_POLL`]) for the ACK.
+fn run_lockstep(sock: &std::net::UdpSocket, t: &mut Transfer, cancel: &CancellationToken) {
+    if let Err(e) = sock.set_nonblocking(false).and_then(|()| sock.set_read_timeout(Some(LOCKSTEP_POLL))) {
+        warn!("cannot make the transfer socket blocking: {e}");
+        t.abandon(Failure::Read(e.to_string()));
+        return;
+    }
+    let mut buf = [0u8; 1024];
+    loop {
+        while let Some(pkt) = t.poll_transmit() {
+            match sock.send(pkt) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => t.abandon(Failure::Unreachable),
+                // Treated as a lost packet: the retransmission timer covers it.
+                Err(e) => debug!("send failed: {e}"),
+            }
+        }
+        if !t.is_running() {
+            break;
+        }
+        if cancel.is_cancelled() {
+            t.cancel();
+            continue;
+        }
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let now = Instant::now();
+                t.on_packet(&buf[..n], now);
+                // A stream of duplicate ACKs must not hold off the retransmission timer.
+                t.on_timeout(now);
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                t.on_timeout(Instant::now())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => t.abandon(Failure::Unreachable),
+            Err(e) => {
+                debug!("receive failed: {e}");
+                // Do not spin on a persistent error; the deadline still ends the transfer.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                t.on_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+impl Job {
+    fn log_end(&self, t: &Transfer, p_what: &str, started: Instant, had_oack: bool) {
         let st = t.stats();
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         match t.status() {
             Status::Done => info!(
-                what = %p.what, bytes = st.bytes, blksize = t.blksize(), windowsize = t.windowsize(),
+                what = %p_what, bytes = st.bytes, blksize = t.blksize(), windowsize = t.windowsize(),
                 ms = format_args!("{ms:.1}"), resent = st.resent, "TFTP transfer complete"
             ),
             // EDK2 reads tsize from the OACK, then aborts with ERROR 8 and asks again: normal.
             Status::Failed(Failure::ClientError { code: ErrorCode::OptionNegotiation, .. })
                 if had_oack && st.data_sent == 0 =>
             {
-                info!(what = %p.what, "client ended the transfer after option negotiation (size probe)")
+                info!(what = %p_what, "client ended the transfer after option negotiation (size probe)")
             }
             Status::Failed(f) => warn!(
-                what = %p.what, bytes = st.bytes, blksize = t.blksize(), ms = format_args!("{ms:.1}"),
+                what = %p_what, bytes = st.bytes, blksize = t.blksize(), ms = format_args!("{ms:.1}"),
                 "TFTP transfer failed: {f}"
             ),
             Status::Running => {}
