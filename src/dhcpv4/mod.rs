@@ -216,7 +216,19 @@ async fn handle(sock: &PktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4
         interface = %iface.as_deref().unwrap_or("?"),
         "decision"
     );
-    match sock.send(&bytes, to, Some(IpAddr::V4(server_ip)), info.ifindex).await {
+    send_reply(sock, ctx, &bytes, to, server_ip, info.ifindex).await;
+}
+
+/// Sends an encoded reply from `server_ip` out of interface `ifindex` and counts the outcome.
+pub(crate) async fn send_reply(
+    sock: &PktSocket,
+    ctx: &Context,
+    bytes: &[u8],
+    to: SocketAddr,
+    server_ip: Ipv4Addr,
+    ifindex: u32,
+) {
+    match sock.send(bytes, to, Some(IpAddr::V4(server_ip)), ifindex).await {
         Ok(_) => {
             ctx.stats.answered.fetch_add(1, Ordering::Relaxed);
         }

@@ -620,15 +620,7 @@ async fn send(sock: &PktSocket, ctx: &Context, pkt: &Packet, out: Outgoing, from
         warn!("cannot broadcast a reply: the request's interface is unknown");
         return;
     }
-    match sock.send(&bytes, to, Some(IpAddr::V4(server_ip)), info.ifindex).await {
-        Ok(_) => {
-            ctx.stats.answered.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            ctx.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-            warn!(%to, "sending the reply failed: {e}");
-        }
-    }
+    super::send_reply(sock, ctx, &bytes, to, server_ip, info.ifindex).await;
 }
 
 /// The state of an address in memory, for tests and status.
