@@ -13,7 +13,9 @@
 # server puts a boot file in OFFER/ACK (pixie: the policy decides it).
 #
 # Usage: bench/dhcp.sh [--rates "1000 2000 3000 4000"] [--period S] [--servers "pixie dnsmasq kea kea-mt"]
-#                      [--no-50k] [--no-policy] [--out FILE]
+#                      [--no-50k] [--no-policy] [--out FILE] [--old-bin PATH] [--repeats N]
+# --old-bin adds server "pixie-old": a second pixie build run exactly like "pixie" (A/B of a change).
+# --repeats N runs every (rate, server) cell N times, servers interleaved within each repeat.
 # Needs root, iproute2, perfdhcp (kea-admin), kea-dhcp4 (kea-dhcp4-server), dnsmasq (dnsmasq-base),
 # and `cargo build --release` done. Every loop is bounded in count and time.
 set -euo pipefail
@@ -28,6 +30,8 @@ SERVERS="pixie dnsmasq kea kea-mt"
 DO_50K=1
 DO_POLICY=1
 OUT=""
+OLDBIN=""
+REPEATS=1
 W=/tmp/pixie-bench/dhcp
 # The example per-arch policy when the repository has it, else the shipped one.
 POLICY=$REPO/examples/per-arch
@@ -42,6 +46,8 @@ while [ $# -gt 0 ]; do
     --no-50k) DO_50K=0; shift ;;
     --no-policy) DO_POLICY=0; shift ;;
     --out) OUT=$2; shift 2 ;;
+    --old-bin) OLDBIN=$2; SERVERS="$SERVERS pixie-old"; shift 2 ;;
+    --repeats) REPEATS=$2; shift 2 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -117,9 +123,10 @@ start_server() { # $1 name  [$2 pixie network] [$3 pixie pool]
   rm -rf "$W/pixie-state" "$W"/kea-leases4.csv* "$W"/dnsmasq.leases
   local -a cmd
   case "$1" in
-    pixie)
+    pixie|pixie-old)
+      local bin=$PIXIE; [ "$1" = pixie-old ] && bin=$OLDBIN
       pixie_config "${2:-10.79.0.0/24}" "${3:-10.79.0.10-10.79.0.250}" > "$W/pixie.toml"
-      cmd=(env PIXIE_LOG=warn "$PIXIE" serve --config "$W/pixie.toml") ;;
+      cmd=(env PIXIE_LOG=warn,pixie::leases::stats=info "$bin" serve --config "$W/pixie.toml") ;;
     dnsmasq)
       cmd=(dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=pxdb-s0 --bind-interfaces
            --dhcp-range=10.79.0.10,10.79.0.250,255.255.255.0,12h --dhcp-boot=undionly.kpxe,,10.79.0.1
@@ -169,10 +176,14 @@ echo "# pixie policy: $POLICY"
 echo "# versions: $("$PIXIE" --version), dnsmasq $(dnsmasq --version | head -1 | awk '{print $3}'), kea $(kea-dhcp4 -v)"
 printf 'server\trate\texch_s\tdrop_pct\tdo_avg_ms\tra_avg_ms\tra_max_ms\tcpu_us_per_dora\trss_kb\n'
 for rate in $RATES; do
-  for s in $SERVERS; do
-    start_server "$s"
-    run_rate "$s" "$rate" "$CLIENTS" "$s"
-    stop_server
+  for _ in $(seq "$REPEATS"); do
+    for s in $SERVERS; do
+      start_server "$s"
+      run_rate "$s" "$rate" "$CLIENTS" "$s"
+      stop_server
+      # pixie says at exit how many leases each fsync carried.
+      case "$s" in pixie*) grep -ho 'lease writer: .*per fsync)' "$W/$s.out" | sed "s/^/# $s @$rate: /" || true ;; esac
+    done
   done
 done
 

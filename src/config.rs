@@ -21,6 +21,9 @@ pub const STANDARD_DHCP_PORT: u16 = 67;
 pub const STANDARD_PXE_PORT: u16 = 4011;
 /// TFTP.
 pub const STANDARD_TFTP_PORT: u16 = 69;
+/// Worker threads per DHCP listener unless `[dhcp] workers` says otherwise: enough that ACKs
+/// waiting for their group commit and a few slow policy calls leave workers free.
+pub const DEFAULT_DHCP_WORKERS: usize = 16;
 
 /// `pixie.toml` as written on disk.
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +75,8 @@ pub struct DhcpSection {
     pub decline_time: Option<u32>,
     /// Full mode: how long an offered address is held for the client, seconds (default 30).
     pub offer_time: Option<u32>,
+    /// Worker threads per DHCP listener: requests handled at once (default 16, 1..=256).
+    pub workers: Option<usize>,
     /// Full mode: `[[dhcp.subnet]]` tables.
     #[serde(default)]
     pub subnet: Vec<SubnetSection>,
@@ -259,6 +264,8 @@ pub struct Config {
     pub pxe_port: u16,
     /// Announced server address override.
     pub server_ip: Option<Ipv4Addr>,
+    /// Worker threads per DHCP listener.
+    pub dhcp_workers: usize,
     /// TFTP on or off.
     pub tftp_enabled: bool,
     /// TFTP port.
@@ -409,6 +416,10 @@ impl Config {
             Some("") => return Err(err("policy.fallback", "empty; use \"ignore\" or a boot file name".into())),
             Some(file) => Decision::Boot(BootDecision { filename: Some(file.to_string()), ..Default::default() }),
         };
+        let dhcp_workers = f.dhcp.workers.unwrap_or(DEFAULT_DHCP_WORKERS);
+        if !(1..=256).contains(&dhcp_workers) {
+            return Err(err("dhcp.workers", format!("{dhcp_workers} is outside 1..=256")));
+        }
         let deadline_ms = f.policy.deadline_ms.unwrap_or(100);
         if !(1..=10_000).contains(&deadline_ms) {
             return Err(err("policy.deadline_ms", format!("{deadline_ms} is outside 1..=10000")));
@@ -421,6 +432,7 @@ impl Config {
             dhcp_port: port(ov.dhcp_port, f.dhcp.port, STANDARD_DHCP_PORT),
             pxe_port: port(ov.pxe_port, f.dhcp.pxe_port, STANDARD_PXE_PORT),
             server_ip,
+            dhcp_workers,
             tftp_enabled: f.tftp.enabled.unwrap_or(true),
             tftp_port: port(ov.tftp_port, f.tftp.port, STANDARD_TFTP_PORT),
             tftp_root: ov.tftp_root.clone().unwrap_or_else(|| resolve(f.tftp.root.unwrap_or("tftproot".into()))),

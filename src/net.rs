@@ -99,8 +99,8 @@ fn enable_pktinfo(s: &Socket, v6: bool) -> io::Result<()> {
     Ok(())
 }
 
-// Room for one in{6}_pktinfo control message, aligned.
-const CMSG_SPACE: usize = 64;
+// Room for one in{6}_pktinfo control message and one SO_RXQ_OVFL count, aligned.
+const CMSG_SPACE: usize = 128;
 
 #[repr(C, align(8))]
 struct CmsgBuf([u8; CMSG_SPACE]);
@@ -145,105 +145,190 @@ impl PktSocket {
     }
 
     fn recvmsg(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, PktInfo)> {
-        // SAFETY: all pointers reference live locals sized as told to the kernel; the kernel
-        // writes at most msg_namelen / msg_controllen bytes.
-        unsafe {
-            let mut name: libc::sockaddr_storage = zeroed();
-            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
-            let mut cbuf = CmsgBuf([0; CMSG_SPACE]);
-            let mut msg: libc::msghdr = zeroed();
-            msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
-            msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
-            msg.msg_controllen = CMSG_SPACE as _;
-            let n = libc::recvmsg(self.sock.as_raw_fd(), &mut msg, libc::MSG_TRUNC);
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let n = n as usize;
-            if msg.msg_flags & libc::MSG_TRUNC != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("datagram of {n} bytes truncated to the {}-byte buffer", buf.len()),
-                ));
-            }
-            let from = sockaddr_to_std(&name)?;
-            let mut info = PktInfo {
-                dst: if self.v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) },
-                local: if self.v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) },
-                ifindex: 0,
-            };
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                let h = &*c;
-                if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
-                    let p = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
-                    info.dst = IpAddr::V4(Ipv4Addr::from(u32::from_be(p.ipi_addr.s_addr)));
-                    info.local = IpAddr::V4(Ipv4Addr::from(u32::from_be(p.ipi_spec_dst.s_addr)));
-                    info.ifindex = p.ipi_ifindex as u32;
-                } else if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
-                    let p = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
-                    let a = Ipv6Addr::from(p.ipi6_addr.s6_addr);
-                    info.dst = IpAddr::V6(a);
-                    info.local = IpAddr::V6(a);
-                    info.ifindex = p.ipi6_ifindex;
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-            Ok((n, from, info))
-        }
+        recvmsg_fd(self.sock.as_raw_fd(), self.v6, buf).map(|(n, from, info, _)| (n, from, info))
     }
 
     fn sendmsg(&self, buf: &[u8], to: SocketAddr, src: Option<IpAddr>, ifindex: u32) -> io::Result<usize> {
-        // SAFETY: as in recvmsg; the control buffer is sized for one pktinfo message.
-        unsafe {
-            let (mut name, namelen) = std_to_sockaddr(to);
-            let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
-            let mut cbuf = CmsgBuf([0; CMSG_SPACE]);
-            let mut msg: libc::msghdr = zeroed();
-            msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
-            msg.msg_namelen = namelen;
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            let want_info = ifindex != 0 || src.is_some_and(|s| !s.is_unspecified());
-            if want_info {
-                msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
-                if self.v6 {
-                    let len = size_of::<libc::in6_pktinfo>() as u32;
-                    msg.msg_controllen = libc::CMSG_SPACE(len) as _;
-                    let c = libc::CMSG_FIRSTHDR(&msg);
-                    (*c).cmsg_level = libc::IPPROTO_IPV6;
-                    (*c).cmsg_type = libc::IPV6_PKTINFO;
-                    (*c).cmsg_len = libc::CMSG_LEN(len) as _;
-                    let mut p: libc::in6_pktinfo = zeroed();
-                    if let Some(IpAddr::V6(a)) = src {
-                        p.ipi6_addr.s6_addr = a.octets();
-                    }
-                    p.ipi6_ifindex = ifindex;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in6_pktinfo, p);
-                } else {
-                    let len = size_of::<libc::in_pktinfo>() as u32;
-                    msg.msg_controllen = libc::CMSG_SPACE(len) as _;
-                    let c = libc::CMSG_FIRSTHDR(&msg);
-                    (*c).cmsg_level = libc::IPPROTO_IP;
-                    (*c).cmsg_type = libc::IP_PKTINFO;
-                    (*c).cmsg_len = libc::CMSG_LEN(len) as _;
-                    let mut p: libc::in_pktinfo = zeroed();
-                    if let Some(IpAddr::V4(a)) = src {
-                        p.ipi_spec_dst.s_addr = u32::from(a).to_be();
-                    }
-                    p.ipi_ifindex = ifindex as libc::c_int;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in_pktinfo, p);
-                }
+        sendmsg_fd(self.sock.as_raw_fd(), self.v6, buf, to, src, ifindex)
+    }
+
+    /// Turns this socket into a blocking one for worker threads; `recv` then returns
+    /// `WouldBlock`/`TimedOut` after `timeout` without a datagram. Must be called inside the
+    /// tokio runtime that registered the socket.
+    pub fn into_blocking(self, timeout: std::time::Duration) -> io::Result<SyncPktSocket> {
+        let sock = self.sock.into_std()?;
+        sock.set_nonblocking(false)?;
+        sock.set_read_timeout(Some(timeout))?;
+        let one: libc::c_int = 1;
+        // SO_RXQ_OVFL: each datagram carries the socket's count of datagrams the kernel dropped
+        // because the receive buffer was full, so overload is counted, not silent.
+        // SAFETY: valid fd, pointer to a c_int of the stated length.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RXQ_OVFL,
+                &one as *const libc::c_int as *const libc::c_void,
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        let drops_reported = rc == 0;
+        Ok(SyncPktSocket { local: sock.local_addr()?, sock, v6: self.v6, drops_reported, drops_seen: std::sync::atomic::AtomicU32::new(0) })
+    }
+}
+
+/// A blocking [`PktSocket`] shared by worker threads (each blocks in `recv`; the kernel wakes one
+/// per datagram).
+#[derive(Debug)]
+pub struct SyncPktSocket {
+    sock: std::net::UdpSocket,
+    local: SocketAddr,
+    v6: bool,
+    drops_reported: bool,
+    drops_seen: std::sync::atomic::AtomicU32,
+}
+
+impl SyncPktSocket {
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    /// The socket's file descriptor (for ioctls such as [`set_arp_entry`]).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// Blocks for one datagram (at most the timeout given to [`PktSocket::into_blocking`]).
+    /// Also returns how many datagrams the kernel dropped for a full receive buffer since the
+    /// previous call on any thread (0 when the kernel does not report it).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, PktInfo, u32)> {
+        let (n, from, info, drops) = recvmsg_fd(self.sock.as_raw_fd(), self.v6, buf)?;
+        let new = match drops {
+            Some(total) if self.drops_reported => {
+                let prev = self.drops_seen.fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+                total.saturating_sub(prev)
             }
-            let n = libc::sendmsg(self.sock.as_raw_fd(), &msg, 0);
-            if n < 0 {
-                return Err(io::Error::last_os_error());
+            _ => 0,
+        };
+        Ok((n, from, info, new))
+    }
+
+    /// Sends like [`PktSocket::send`], blocking.
+    pub fn send(&self, buf: &[u8], to: SocketAddr, src: Option<IpAddr>, ifindex: u32) -> io::Result<usize> {
+        loop {
+            match sendmsg_fd(self.sock.as_raw_fd(), self.v6, buf, to, src, ifindex) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
             }
-            Ok(n as usize)
         }
+    }
+}
+
+/// `recvmsg` with packet info (and the `SO_RXQ_OVFL` drop count when enabled).
+fn recvmsg_fd(fd: std::os::fd::RawFd, v6: bool, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, PktInfo, Option<u32>)> {
+    // SAFETY: all pointers reference live locals sized as told to the kernel; the kernel
+    // writes at most msg_namelen / msg_controllen bytes.
+    unsafe {
+        let mut name: libc::sockaddr_storage = zeroed();
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut cbuf = CmsgBuf([0; CMSG_SPACE]);
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = CMSG_SPACE as _;
+        let n = libc::recvmsg(fd, &mut msg, libc::MSG_TRUNC);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if msg.msg_flags & libc::MSG_TRUNC != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("datagram of {n} bytes truncated to the {}-byte buffer", buf.len()),
+            ));
+        }
+        let from = sockaddr_to_std(&name)?;
+        let mut info = PktInfo {
+            dst: if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) },
+            local: if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) },
+            ifindex: 0,
+        };
+        let mut drops = None;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let h = &*c;
+            if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
+                let p = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
+                info.dst = IpAddr::V4(Ipv4Addr::from(u32::from_be(p.ipi_addr.s_addr)));
+                info.local = IpAddr::V4(Ipv4Addr::from(u32::from_be(p.ipi_spec_dst.s_addr)));
+                info.ifindex = p.ipi_ifindex as u32;
+            } else if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
+                let p = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
+                let a = Ipv6Addr::from(p.ipi6_addr.s6_addr);
+                info.dst = IpAddr::V6(a);
+                info.local = IpAddr::V6(a);
+                info.ifindex = p.ipi6_ifindex;
+            } else if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SO_RXQ_OVFL {
+                drops = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const u32));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        Ok((n, from, info, drops))
+    }
+}
+
+/// `sendmsg` from `src` out of interface `ifindex` (see [`PktSocket::send`]).
+fn sendmsg_fd(fd: std::os::fd::RawFd, v6: bool, buf: &[u8], to: SocketAddr, src: Option<IpAddr>, ifindex: u32) -> io::Result<usize> {
+    // SAFETY: as in recvmsg; the control buffer is sized for one pktinfo message.
+    unsafe {
+        let (mut name, namelen) = std_to_sockaddr(to);
+        let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut cbuf = CmsgBuf([0; CMSG_SPACE]);
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = namelen;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        let want_info = ifindex != 0 || src.is_some_and(|s| !s.is_unspecified());
+        if want_info {
+            msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
+            if v6 {
+                let len = size_of::<libc::in6_pktinfo>() as u32;
+                msg.msg_controllen = libc::CMSG_SPACE(len) as _;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::IPPROTO_IPV6;
+                (*c).cmsg_type = libc::IPV6_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(len) as _;
+                let mut p: libc::in6_pktinfo = zeroed();
+                if let Some(IpAddr::V6(a)) = src {
+                    p.ipi6_addr.s6_addr = a.octets();
+                }
+                p.ipi6_ifindex = ifindex;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in6_pktinfo, p);
+            } else {
+                let len = size_of::<libc::in_pktinfo>() as u32;
+                msg.msg_controllen = libc::CMSG_SPACE(len) as _;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::IPPROTO_IP;
+                (*c).cmsg_type = libc::IP_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(len) as _;
+                let mut p: libc::in_pktinfo = zeroed();
+                if let Some(IpAddr::V4(a)) = src {
+                    p.ipi_spec_dst.s_addr = u32::from(a).to_be();
+                }
+                p.ipi_ifindex = ifindex as libc::c_int;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in_pktinfo, p);
+            }
+        }
+        let n = libc::sendmsg(fd, &msg, 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 }
 
@@ -298,10 +383,38 @@ fn std_to_sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 }
 
 /// Name of the interface with index `ifindex`, if any.
+///
+/// Cached for [`IFNAME_TTL`]: glibc answers `if_indextoname` by opening a socket and calling an
+/// ioctl, which cost a DHCP server more than its policy call did when done per request.
 pub fn ifname(ifindex: u32) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+    type Names = HashMap<u32, (Option<String>, Instant)>;
+    static CACHE: OnceLock<Mutex<Names>> = OnceLock::new();
     if ifindex == 0 {
         return None;
     }
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some((name, at)) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&ifindex) {
+        if at.elapsed() < IFNAME_TTL {
+            return name.clone();
+        }
+    }
+    let name = ifname_now(ifindex);
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() > 4096 {
+        c.clear(); // interfaces come and go (taps); never grow without bound
+    }
+    c.insert(ifindex, (name.clone(), Instant::now()));
+    name
+}
+
+/// How long [`ifname`] trusts a cached name (an interface renamed meanwhile shows its old name
+/// at most this long).
+pub const IFNAME_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn ifname_now(ifindex: u32) -> Option<String> {
     let mut buf = [0u8; libc::IF_NAMESIZE];
     // SAFETY: buf is IF_NAMESIZE bytes as if_indextoname requires.
     let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr() as *mut libc::c_char) };

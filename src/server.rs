@@ -154,11 +154,11 @@ impl Server {
         let ctx = dhcpv4::Context {
             policy: policy.clone(),
             fallback: cfg.fallback.clone(),
-            policy_timeout: cfg.deadline * 4 + Duration::from_millis(250),
+            slow_policy: cfg.deadline + Duration::from_millis(50),
             server_ip: cfg.server_ip,
             clients: self.clients.clone(),
             stats: self.stats.clone(),
-            max_in_flight: 1024,
+            workers: cfg.dhcp_workers,
             full: self.full.clone(),
         };
         let tcfg = TftpConfig {

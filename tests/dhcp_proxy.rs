@@ -161,3 +161,62 @@ async fn failing_policy_gives_the_fallback() {
     assert_eq!(r.file, b"ok.efi");
     srv.stop().await;
 }
+
+/// One worker held by a policy that waits for a gate, and a burst of 20,000 DISCOVERs: the
+/// socket's receive buffer overflows, and every datagram is accounted for, as received or as
+/// dropped by the kernel (`overloaded`), none silently lost. Once the gate opens the server
+/// drains the backlog and answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_workers_is_counted_as_overloaded() {
+    use std::sync::atomic::AtomicBool;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = loopback_config(tmp.path());
+    cfg.dhcp_workers = 1;
+    let open = Arc::new(AtomicBool::new(false));
+    let gate = open.clone();
+    let held = Arc::new(FnPolicy(move |_: &BootRequest| {
+        // Bounded: at most 10 s even if the test never opens the gate.
+        for _ in 0..10_000 {
+            if gate.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(Decision::Boot(BootDecision { filename: Some("x.0".into()), ..Default::default() }))
+    }));
+    let srv = start(cfg, held).await;
+    let pkt = discover(b"PXEClient:Arch:00000:UNDI:002001", &[93, 2, 0, 0]);
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    const SENT: u64 = 20_000;
+    for _ in 0..SENT {
+        s.send_to(&pkt, srv.dhcp).unwrap();
+    }
+    open.store(true, Ordering::Relaxed);
+    // The kernel reports drops with the next datagram read, so one more request after the
+    // backlog is drained makes the last count visible. Bounded: 20 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut received, mut overloaded);
+    let mut extra = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        received = srv.stats.received.load(Ordering::Relaxed);
+        overloaded = srv.stats.overloaded.load(Ordering::Relaxed);
+        if received + overloaded >= SENT + extra || std::time::Instant::now() > deadline {
+            break;
+        }
+        if srv.stats.answered.load(Ordering::Relaxed) >= received {
+            s.send_to(&pkt, srv.dhcp).unwrap();
+            extra += 1;
+        }
+    }
+    assert!(overloaded > 0, "a 20,000-request burst against one held worker dropped nothing?");
+    assert!(
+        received + overloaded >= SENT + extra,
+        "received {received} + overloaded {overloaded} < sent {SENT} + {extra}"
+    );
+    assert!(received < SENT, "the receive buffer held all {SENT}: the test proves nothing");
+    // Still answering afterwards.
+    let r = exchange(srv.dhcp, &pkt, WAIT).await.expect("answered after the burst");
+    assert_eq!(r.file, b"x.0");
+    srv.stop().await;
+}

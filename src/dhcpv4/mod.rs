@@ -2,25 +2,27 @@
 //! in full mode ([`full`]) the network's DHCP server on 67 with port 4011 still answered as a
 //! PXE boot server.
 //!
-//! Each listener loops: receive → parse (malformed: counted, dropped, logged at debug) →
-//! [`proxy::classify`] → build a [`BootRequest`] → ask the policy (off the reactor, bounded) →
-//! [`proxy::build_reply`] → send out of the interface the request came in on. Every request is
-//! handled in its own task, bounded by a semaphore, so one slow policy call never delays others.
+//! Each listener has a few worker threads (see [`serve`]), each looping: receive → parse
+//! (malformed: counted, dropped, logged at debug) → [`proxy::classify`] → build a
+//! [`BootRequest`] → ask the policy (bounded by its deadline) → [`proxy::build_reply`] → send
+//! out of the interface the request came in on. A slow policy call holds one worker; the others
+//! keep answering.
 
 pub mod full;
 pub mod proxy;
 
+use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn};
 
 use crate::clients::ClientTable;
-use crate::net::{ifname, PktInfo, PktSocket};
+use crate::net::{ifname, PktInfo, PktSocket, SyncPktSocket};
 use crate::policy::{BootRequest, Decision, Policy};
 use crate::wire::dhcpv4;
 
@@ -41,7 +43,8 @@ pub struct Stats {
     pub answered: AtomicU64,
     /// Policy failures (fallback applied).
     pub policy_errors: AtomicU64,
-    /// Requests dropped because too many were in flight.
+    /// Requests the kernel dropped because every worker was busy and the socket's receive
+    /// buffer was full.
     pub overloaded: AtomicU64,
     /// Replies that could not be sent.
     pub send_errors: AtomicU64,
@@ -63,60 +66,107 @@ pub struct Stats {
     pub store_errors: AtomicU64,
 }
 
-/// What the DHCPv4 tasks need besides their socket.
+/// What the DHCPv4 workers need besides their socket.
 #[derive(Debug, Clone)]
 pub struct Context {
     /// The policy.
     pub policy: Arc<dyn Policy>,
     /// Decision applied when the policy fails.
     pub fallback: Decision,
-    /// Upper bound on one policy call, beyond the policy's own deadline.
-    pub policy_timeout: Duration,
+    /// A policy call that takes longer than this is logged (it held a worker that long).
+    pub slow_policy: Duration,
     /// Server address to announce when the receiving interface's cannot be determined.
     pub server_ip: Option<Ipv4Addr>,
     /// Where DHCP records which MAC uses which address.
     pub clients: ClientTable,
     /// Counters.
     pub stats: Arc<Stats>,
-    /// Bound on requests in flight per listener.
-    pub max_in_flight: usize,
+    /// Worker threads per listener: requests handled at once.
+    pub workers: usize,
     /// Full DHCP mode: leases and subnets. `None` in proxy mode.
     pub full: Option<Arc<full::Full>>,
 }
 
+/// How long a worker blocks in `recv` before it looks at the shutdown flag again.
+const WORKER_POLL: Duration = Duration::from_millis(100);
+
+/// Sets the flag when dropped: workers stop even if the serving future is dropped, not awaited.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Serves one listener socket until `shutdown` is cancelled.
+///
+/// `ctx.workers` threads block in `recv` on the socket (the kernel wakes one per datagram) and
+/// each handles its request to the end: parse, policy, lease, durable commit, reply. Nothing
+/// hops between threads on the way, which is where a DHCP server's CPU goes at high rates; a
+/// slow policy call or commit holds only its own worker while the others keep answering. When
+/// every worker is busy, requests wait in the socket's receive buffer; what the kernel drops
+/// from a full buffer is counted in `overloaded`.
 pub async fn serve(
     sock: PktSocket,
     listener: Listener,
     ctx: Context,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let sock = Arc::new(sock);
     let local = sock.local_addr()?;
-    let limit = Arc::new(Semaphore::new(ctx.max_in_flight.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
+    let sock = Arc::new(sock.into_blocking(WORKER_POLL)?);
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let mut workers = Vec::with_capacity(ctx.workers.max(1));
+    for i in 0..ctx.workers.max(1) {
+        let (sock, ctx, flag) = (sock.clone(), ctx.clone(), stop.0.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("dhcp-{}-{i}", local.port()))
+            .spawn(move || worker(&sock, listener, &ctx, &flag));
+        match spawned {
+            Ok(h) => workers.push(h),
+            Err(e) if workers.is_empty() => return Err(e),
+            Err(e) => {
+                warn!(%local, "started {i} DHCP workers, not more: {e}");
+                break;
+            }
+        }
+    }
+    info!(%local, ?listener, workers = workers.len(), "DHCPv4 listener ready");
+    shutdown.cancelled().await;
+    stop.0.store(true, Ordering::Relaxed);
+    let joined = tokio::task::spawn_blocking(move || workers.into_iter().map(|w| w.join()).filter(Result::is_err).count()).await;
+    if let Ok(n) = joined {
+        if n > 0 {
+            error!(%local, "{n} DHCP worker(s) ended by a panic");
+        }
+    }
+    Ok(())
+}
+
+/// One worker thread: receive, handle, repeat until `stop`.
+fn worker(sock: &SyncPktSocket, listener: Listener, ctx: &Context, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65_536];
-    info!(%local, ?listener, "DHCPv4 listener ready");
-    loop {
-        let r = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = sock.recv(&mut buf) => r,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-        };
-        let (n, from, info) = match r {
+    let local = sock.local_addr().ok();
+    while !stop.load(Ordering::Relaxed) {
+        let (n, from, info, dropped) = match sock.recv(&mut buf) {
             Ok(x) => x,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => continue,
+            Err(e) if e.kind() == ErrorKind::InvalidData => {
                 ctx.stats.received.fetch_add(1, Ordering::Relaxed);
                 ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                debug!(%local, "dropping datagram: {e}");
+                debug!(?local, "dropping datagram: {e}");
                 continue;
             }
             Err(e) => {
-                warn!(%local, "receive failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                warn!(?local, "receive failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
+        if dropped > 0 {
+            ctx.stats.overloaded.fetch_add(u64::from(dropped), Ordering::Relaxed);
+            debug!(?local, dropped, "the kernel dropped requests: every worker was busy and the receive buffer full");
+        }
         ctx.stats.received.fetch_add(1, Ordering::Relaxed);
         let pkt = match dhcpv4::parse(&buf[..n]) {
             Ok(p) => p,
@@ -126,27 +176,27 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            ctx.stats.overloaded.fetch_add(1, Ordering::Relaxed);
-            debug!(%from, "dropping request: too many in flight");
-            continue;
-        };
-        let (sock, ctx) = (sock.clone(), ctx.clone());
-        let mac = crate::policy::HwAddr(pkt.mac().to_vec());
-        let span = info_span!("dhcp", %mac, xid = format_args!("{:#010x}", pkt.xid));
-        tasks.spawn(
-            async move {
-                handle(&sock, listener, &ctx, pkt, from, info).await;
-                drop(permit);
-            }
-            .instrument(span),
+        let span = info_span!(
+            "dhcp",
+            mac = %crate::policy::HwAddr(pkt.mac().to_vec()),
+            xid = format_args!("{:#010x}", pkt.xid)
         );
+        let _in_span = span.enter();
+        let handled = std::panic::catch_unwind(AssertUnwindSafe(|| handle(sock, listener, ctx, pkt, from, info)));
+        if let Err(p) = handled {
+            error!("internal error while handling this request (dropped; please report): {}", panic_text(&*p));
+        }
     }
-    tasks.shutdown().await;
-    Ok(())
 }
 
-pub(crate) fn our_ipv4(info: &PktInfo, sock: &PktSocket, ctx: &Context) -> Option<Ipv4Addr> {
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+pub(crate) fn our_ipv4(info: &PktInfo, sock: &SyncPktSocket, ctx: &Context) -> Option<Ipv4Addr> {
     let candidates = [Some(info.local), sock.local_addr().ok().map(|a| a.ip())];
     for c in candidates.into_iter().flatten() {
         if let IpAddr::V4(v4) = c {
@@ -158,9 +208,9 @@ pub(crate) fn our_ipv4(info: &PktInfo, sock: &PktSocket, ctx: &Context) -> Optio
     ctx.server_ip
 }
 
-async fn handle(sock: &PktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4::Packet, from: SocketAddr, info: PktInfo) {
+fn handle(sock: &SyncPktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4::Packet, from: SocketAddr, info: PktInfo) {
     if let (Listener::Dhcp, Some(f)) = (listener, &ctx.full) {
-        return full::handle(f, sock, ctx, pkt, from, info).await;
+        return full::handle(f, sock, ctx, pkt, from, info);
     }
     let Some(server_ip) = our_ipv4(&info, sock, ctx) else {
         warn!("cannot tell our own address on interface {}; set [dhcp] server_ip", info.ifindex);
@@ -185,7 +235,7 @@ async fn handle(sock: &PktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4
         ctx.clients.record(ip, req.mac.clone());
     }
     let arch = req.arch().map(|a| a.name()).unwrap_or_else(|| "none".into());
-    let decision = ask_policy(ctx, req).await;
+    let decision = ask_policy(ctx, req);
     let d = match decision {
         Decision::Ignore => {
             ctx.stats.ignored.fetch_add(1, Ordering::Relaxed);
@@ -216,19 +266,12 @@ async fn handle(sock: &PktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4
         interface = %iface.as_deref().unwrap_or("?"),
         "decision"
     );
-    send_reply(sock, ctx, &bytes, to, server_ip, info.ifindex).await;
+    send_reply(sock, ctx, &bytes, to, server_ip, info.ifindex);
 }
 
 /// Sends an encoded reply from `server_ip` out of interface `ifindex` and counts the outcome.
-pub(crate) async fn send_reply(
-    sock: &PktSocket,
-    ctx: &Context,
-    bytes: &[u8],
-    to: SocketAddr,
-    server_ip: Ipv4Addr,
-    ifindex: u32,
-) {
-    match sock.send(bytes, to, Some(IpAddr::V4(server_ip)), ifindex).await {
+pub(crate) fn send_reply(sock: &SyncPktSocket, ctx: &Context, bytes: &[u8], to: SocketAddr, server_ip: Ipv4Addr, ifindex: u32) {
+    match sock.send(bytes, to, Some(IpAddr::V4(server_ip)), ifindex) {
         Ok(_) => {
             ctx.stats.answered.fetch_add(1, Ordering::Relaxed);
         }
@@ -239,31 +282,25 @@ pub(crate) async fn send_reply(
     }
 }
 
-/// Asks the policy off the reactor; a failure or timeout gives the fallback, logged.
-pub async fn ask_policy(ctx: &Context, req: BootRequest) -> Decision {
-    let policy = ctx.policy.clone();
-    // The blocking pool does not inherit the span: carry it so script logs name the client.
-    let span = tracing::Span::current();
-    let call = tokio::task::spawn_blocking(move || span.in_scope(|| policy.boot(&req)));
-    match tokio::time::timeout(ctx.policy_timeout, call).await {
-        Ok(Ok(Ok(d))) => d,
-        Ok(Ok(Err(e))) => {
+/// Asks the policy on this worker thread; a failure (or panic) gives the fallback, logged.
+/// The call is bounded by the policy's own deadline (the Rhai policy enforces one).
+pub fn ask_policy(ctx: &Context, req: BootRequest) -> Decision {
+    let started = Instant::now();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.policy.boot(&req)));
+    let took = started.elapsed();
+    if took > ctx.slow_policy {
+        warn!(?took, "the policy took {took:?} to decide (its worker answered nobody else meanwhile)");
+    }
+    match result {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
             ctx.stats.policy_errors.fetch_add(1, Ordering::Relaxed);
             warn!("policy failed: {e}; using the fallback ({})", describe(&ctx.fallback));
             ctx.fallback.clone()
         }
-        Ok(Err(join)) => {
+        Err(p) => {
             ctx.stats.policy_errors.fetch_add(1, Ordering::Relaxed);
-            warn!("policy call panicked: {join}; using the fallback ({})", describe(&ctx.fallback));
-            ctx.fallback.clone()
-        }
-        Err(_) => {
-            ctx.stats.policy_errors.fetch_add(1, Ordering::Relaxed);
-            warn!(
-                "policy did not answer within {:?}; using the fallback ({})",
-                ctx.policy_timeout,
-                describe(&ctx.fallback)
-            );
+            warn!("policy call panicked: {}; using the fallback ({})", panic_text(&*p), describe(&ctx.fallback));
             ctx.fallback.clone()
         }
     }

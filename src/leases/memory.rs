@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{Lease, LeaseBackend, LeaseState, StoreError};
@@ -12,6 +12,8 @@ use super::{Lease, LeaseBackend, LeaseState, StoreError};
 pub struct MemoryLeases {
     rows: Arc<Mutex<BTreeMap<Ipv4Addr, Lease>>>,
     fail: Arc<AtomicBool>,
+    /// Time every `apply` takes, like an fsync (microseconds).
+    delay_us: Arc<AtomicU64>,
 }
 
 impl MemoryLeases {
@@ -24,6 +26,11 @@ impl MemoryLeases {
     pub fn fail_next(&self, fail: bool) {
         self.fail.store(fail, Ordering::Relaxed);
     }
+
+    /// Makes every following `apply` take `d` (a stand-in for an fsync).
+    pub fn set_delay(&self, d: std::time::Duration) {
+        self.delay_us.store(d.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 impl LeaseBackend for MemoryLeases {
@@ -32,6 +39,10 @@ impl LeaseBackend for MemoryLeases {
     }
 
     fn apply(&mut self, batch: &[Lease]) -> Result<(), StoreError> {
+        let delay = self.delay_us.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(delay));
+        }
         if self.fail.load(Ordering::Relaxed) {
             return Err(StoreError("injected failure".into()));
         }

@@ -8,11 +8,12 @@
 //!   `synchronous=FULL`, so a returned `apply` has been fsynced); [`memory::MemoryLeases`] is
 //!   for tests. A PostgreSQL backend for several servers sharing one lease space fits the same
 //!   trait.
-//! - [`LeaseWriter`] — group commit: one writer thread owns the backend, takes every queued
-//!   write, commits them in one transaction (one fsync), then answers each waiter. While one
-//!   fsync is in flight the next batch queues up, so at 2,000 ACKs/s a commit carries many
-//!   leases instead of costing one fsync each. The DHCP server awaits the answer before the ACK
-//!   leaves: no ACK is ever sent for a lease that is not on disk.
+//! - [`LeaseWriter`] — group commit without a thread of its own: the first caller to find no
+//!   commit running takes every queued write and commits them in one transaction (one fsync),
+//!   then answers each waiter. While one fsync is in flight the next batch queues up, so at
+//!   2,000 ACKs/s a commit carries several leases instead of costing one fsync each. The DHCP
+//!   worker waits for the answer before the ACK leaves: no ACK is ever sent for a lease that is
+//!   not on disk.
 //!
 //! Records are keyed by address: the table holds at most one row per address, so an address can
 //! never be recorded as held by two clients. A client that moves to another address has its
@@ -24,7 +25,7 @@ pub mod sqlite;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::policy::HwAddr;
@@ -92,7 +93,7 @@ pub struct Lease {
 #[error("lease store: {0}")]
 pub struct StoreError(pub String);
 
-/// A lease storage engine. Called from one thread at a time (the writer thread, or startup).
+/// A lease storage engine. Called from one thread at a time (the committing caller, or startup).
 pub trait LeaseBackend: Send + fmt::Debug + 'static {
     /// Every stored lease.
     fn load(&mut self) -> Result<Vec<Lease>, StoreError>;
@@ -103,7 +104,7 @@ pub trait LeaseBackend: Send + fmt::Debug + 'static {
     fn apply(&mut self, batch: &[Lease]) -> Result<(), StoreError>;
 }
 
-/// Counters of the writer thread.
+/// Counters of the group commit.
 #[derive(Debug, Default)]
 pub struct WriterStats {
     /// Transactions committed.
@@ -114,15 +115,55 @@ pub struct WriterStats {
     pub failures: AtomicU64,
 }
 
-type Waiter = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
-
 /// Largest batch in one transaction (bounds the latency of the first waiter in a burst).
 pub const MAX_BATCH: usize = 4096;
 
-/// The group-commit handle: cheap to clone, usable from async tasks.
+/// Under load, how long a committer waits for more records before it commits: one fsync then
+/// carries every ACK of that interval (PostgreSQL's `commit_delay`, MySQL's
+/// `binlog_group_commit_sync_delay`). "Under load" means the previous write arrived less than
+/// [`HOT_GAP`] before this one, so a lone ACK on a quiet network never waits.
+pub const COMMIT_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Writes closer together than this make the next commit wait [`COMMIT_GATHER`].
+pub const HOT_GAP: std::time::Duration = std::time::Duration::from_millis(4);
+
+type Done = Arc<OnceLock<Result<(), StoreError>>>;
+
+struct Queue {
+    pending: Vec<(Lease, Done)>,
+    /// A caller is committing a batch right now (the others wait on the condvar).
+    committing: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled after every commit.
+    committed: Condvar,
+    /// Only the committing caller touches the backend; the mutex only makes that visible.
+    backend: Mutex<Box<dyn LeaseBackend>>,
+    stats: Arc<WriterStats>,
+    /// When the previous write arrived, as nanoseconds since `epoch`.
+    last_arrival: AtomicU64,
+    epoch: std::time::Instant,
+    gather: std::time::Duration,
+    /// Commits left that skip the gather: set when a gather found no company (one writer
+    /// waiting for each of its writes in turn gains nothing from waiting).
+    skip_gather: std::sync::atomic::AtomicU32,
+}
+
+/// After a gather that caught no other record, this many commits go without one.
+const SKIP_AFTER_LONELY_GATHER: u32 = 16;
+
+/// The group-commit handle: cheap to clone, shared by the DHCP worker threads.
+///
+/// Leader-based: a caller queues its record; if no commit is running it becomes the committer,
+/// takes everything queued (its own record and any that arrived meanwhile) and applies it in
+/// one transaction; callers that queue during that commit wait, and the first of them to wake
+/// commits the next batch. No thread hop sits between a request and its fsync, and a burst of
+/// ACKs shares one fsync.
 #[derive(Clone)]
 pub struct LeaseWriter {
-    tx: mpsc::Sender<(Lease, Waiter)>,
+    shared: Arc<Shared>,
     /// Counters.
     pub stats: Arc<WriterStats>,
 }
@@ -133,63 +174,97 @@ impl fmt::Debug for LeaseWriter {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl LeaseWriter {
-    /// Starts the writer thread that owns `backend`. The thread ends when every handle is
-    /// dropped, after committing what was queued.
-    pub fn start(mut backend: Box<dyn LeaseBackend>) -> std::io::Result<LeaseWriter> {
-        let (tx, rx) = mpsc::channel::<(Lease, Waiter)>();
+    /// Takes ownership of `backend`. (Kept fallible for backends that need a connection.)
+    pub fn start(backend: Box<dyn LeaseBackend>) -> std::io::Result<LeaseWriter> {
+        Self::with_gather(backend, COMMIT_GATHER)
+    }
+
+    /// Like [`LeaseWriter::start`] with another gather interval (zero: commit at once).
+    pub fn with_gather(backend: Box<dyn LeaseBackend>, gather: std::time::Duration) -> std::io::Result<LeaseWriter> {
         let stats = Arc::new(WriterStats::default());
-        let st = stats.clone();
-        std::thread::Builder::new().name("pixie-leases".into()).spawn(move || {
-            let mut batch = Vec::new();
-            let mut waiters = Vec::new();
-            // Blocks for the first write, then takes whatever queued meanwhile: the group.
-            while let Ok(first) = rx.recv() {
-                batch.clear();
-                waiters.clear();
-                let (l, w) = first;
-                batch.push(l);
-                waiters.push(w);
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok((l, w)) => {
-                            batch.push(l);
-                            waiters.push(w);
-                        }
-                        Err(_) => break,
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue { pending: Vec::new(), committing: false }),
+            committed: Condvar::new(),
+            backend: Mutex::new(backend),
+            stats: stats.clone(),
+            last_arrival: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+            gather,
+            skip_gather: std::sync::atomic::AtomicU32::new(0),
+        });
+        Ok(LeaseWriter { shared, stats })
+    }
+
+    /// Stores `lease` durably, blocking until it is (or the commit failed). Call from a thread
+    /// that may block (a DHCP worker), not from an async task.
+    pub fn write_blocking(&self, lease: Lease) -> Result<(), StoreError> {
+        let sh = &self.shared;
+        let done: Done = Arc::new(OnceLock::new());
+        // +1 so that 0 stays "no write yet".
+        let now = sh.epoch.elapsed().as_nanos() as u64 + 1;
+        let prev = sh.last_arrival.swap(now, Ordering::Relaxed);
+        let hot = prev != 0 && now.saturating_sub(prev) < HOT_GAP.as_nanos() as u64;
+        let mut q = lock(&sh.queue);
+        q.pending.push((lease, done.clone()));
+        loop {
+            if let Some(r) = done.get() {
+                return r.clone();
+            }
+            if !q.committing {
+                q.committing = true;
+                let skip = sh.skip_gather.load(Ordering::Relaxed);
+                if skip > 0 {
+                    sh.skip_gather.store(skip - 1, Ordering::Relaxed);
+                } else if hot && !sh.gather.is_zero() && q.pending.len() < MAX_BATCH {
+                    // Writes are arriving close together: let the next ones join this commit.
+                    let before = q.pending.len();
+                    drop(q);
+                    std::thread::sleep(sh.gather);
+                    q = lock(&sh.queue);
+                    if q.pending.len() == before {
+                        sh.skip_gather.store(SKIP_AFTER_LONELY_GATHER, Ordering::Relaxed);
                     }
                 }
-                let r = backend.apply(&batch);
+                let n = q.pending.len().min(MAX_BATCH);
+                let batch: Vec<(Lease, Done)> = q.pending.drain(..n).collect();
+                drop(q);
+                let (records, waiters): (Vec<Lease>, Vec<Done>) = batch.into_iter().unzip();
+                let r = lock(&sh.backend).apply(&records);
                 match &r {
                     Ok(()) => {
-                        st.commits.fetch_add(1, Ordering::Relaxed);
-                        st.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        sh.stats.commits.fetch_add(1, Ordering::Relaxed);
+                        sh.stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        st.failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!("committing {} lease(s) failed: {e}", batch.len());
+                        sh.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("committing {} lease(s) failed: {e}", records.len());
                     }
                 }
-                for w in waiters.drain(..) {
-                    let _ = w.send(r.clone());
+                for w in waiters {
+                    let _ = w.set(r.clone());
                 }
+                q = lock(&sh.queue);
+                q.committing = false;
+                sh.committed.notify_all();
+                // Our record was in this batch unless more than MAX_BATCH were queued before
+                // it: then the loop commits the next batch.
+                continue;
             }
-        })?;
-        Ok(LeaseWriter { tx, stats })
+            q = sh.committed.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
-    /// Queues `lease` and waits until it is durable (or the commit failed).
+    /// Async variant of [`LeaseWriter::write_blocking`] (runs it on the blocking pool).
     pub async fn write(&self, lease: Lease) -> Result<(), StoreError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx.send((lease, tx)).map_err(|_| StoreError("the lease writer has stopped".into()))?;
-        rx.await.map_err(|_| StoreError("the lease writer stopped before committing".into()))?
-    }
-
-    /// Blocking variant of [`LeaseWriter::write`] for non-async callers and tests.
-    pub fn write_blocking(&self, lease: Lease) -> Result<(), StoreError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx.send((lease, tx)).map_err(|_| StoreError("the lease writer has stopped".into()))?;
-        rx.blocking_recv().map_err(|_| StoreError("the lease writer stopped before committing".into()))?
+        let w = self.clone();
+        tokio::task::spawn_blocking(move || w.write_blocking(lease))
+            .await
+            .map_err(|e| StoreError(format!("the lease commit did not finish: {e}")))?
     }
 }
 
@@ -224,6 +299,68 @@ mod tests {
         let commits = w.stats.commits.load(Ordering::Relaxed);
         assert_eq!(w.stats.records.load(Ordering::Relaxed), 200);
         assert!(commits <= 200, "{commits}");
+    }
+
+    #[test]
+    fn concurrent_writers_share_commits_and_each_returns_only_once_durable() {
+        let mem = memory::MemoryLeases::default();
+        mem.set_delay(std::time::Duration::from_millis(2));
+        let w = LeaseWriter::start(Box::new(mem.clone())).unwrap();
+        let threads: Vec<_> = (0..16u8)
+            .map(|t| {
+                let (w, mem) = (w.clone(), mem.clone());
+                std::thread::spawn(move || {
+                    for i in 0..10u8 {
+                        let l = lease(t * 10 + i + 1, t * 10 + i + 1);
+                        w.write_blocking(l.clone()).unwrap();
+                        // Returned means stored: the row is there now.
+                        assert!(mem.rows().contains(&l), "{l:?} returned before it was stored");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(mem.rows().len(), 160);
+        let commits = w.stats.commits.load(Ordering::Relaxed);
+        assert_eq!(w.stats.records.load(Ordering::Relaxed), 160);
+        // 16 writers against a 2 ms commit: most commits must carry several records.
+        assert!(commits <= 80, "{commits} commits for 160 records: no grouping");
+    }
+
+    #[test]
+    fn a_lone_sequential_writer_stops_gathering() {
+        let mem = memory::MemoryLeases::default();
+        let w = LeaseWriter::start(Box::new(mem.clone())).unwrap();
+        for i in 1..=40u8 {
+            w.write_blocking(lease(i, i)).unwrap();
+        }
+        // Back-to-back writes look "hot", but each gather finds nobody to wait for, so after
+        // one lonely gather the next SKIP_AFTER_LONELY_GATHER commits skip it.
+        let skipped = w.shared.skip_gather.load(Ordering::Relaxed);
+        assert!(skipped > 0, "no gather was skipped");
+        assert_eq!(w.stats.commits.load(Ordering::Relaxed), 40);
+        assert_eq!(mem.rows().len(), 40);
+    }
+
+    #[test]
+    fn a_failed_group_fails_every_member_and_the_next_one_succeeds() {
+        let mem = memory::MemoryLeases::default();
+        mem.set_delay(std::time::Duration::from_millis(20));
+        mem.fail_next(true);
+        let w = LeaseWriter::start(Box::new(mem.clone())).unwrap();
+        let threads: Vec<_> = (1..=4u8)
+            .map(|i| {
+                let w = w.clone();
+                std::thread::spawn(move || w.write_blocking(lease(i, i)))
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(results.iter().all(|r| r.is_err()), "{results:?}");
+        mem.fail_next(false);
+        w.write_blocking(lease(9, 9)).unwrap();
+        assert_eq!(mem.rows().len(), 1);
     }
 
     #[tokio::test]

@@ -5,8 +5,9 @@
 //! [`rhai`] is the scripted implementation and the only module that imports Rhai.
 //!
 //! Every call is synchronous and bounded: implementations must return within their own deadline
-//! (the Rhai policy enforces one), and callers run them off the async reactor
-//! (`tokio::task::spawn_blocking`) so a slow script never stalls other clients.
+//! (the Rhai policy enforces one). Callers never run them on the async reactor: the DHCP
+//! workers call them on their own threads, TFTP on `spawn_blocking`, so a slow script holds
+//! one worker and never stalls other clients.
 
 pub mod rhai;
 

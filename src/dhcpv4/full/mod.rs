@@ -23,7 +23,6 @@ pub mod alloc;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,7 +33,7 @@ use self::alloc::{AllocError, LeaseTable, SlotState};
 use super::{ask_policy, Context};
 use crate::config::{FullDhcp, Subnet};
 use crate::leases::{unix_now, LeaseBackend, LeaseWriter, StoreError};
-use crate::net::{ifname, PktInfo, PktSocket};
+use crate::net::{ifname, PktInfo, SyncPktSocket};
 use crate::policy::{BootDecision, BootRequest, Decision, HwAddr, Phase};
 use crate::wire::dhcpv4::{opt, MessageType, Packet, Reply, OP_REQUEST};
 
@@ -55,7 +54,7 @@ const OPT_REBIND: u8 = 59;
 #[derive(Debug)]
 pub struct Full {
     cfg: FullDhcp,
-    /// std Mutex, not tokio's: nothing awaits while it is held (the durable write happens
+    /// Never held across a policy call or a commit (the durable write happens
     /// after it is released, with a rollback on failure).
     table: Mutex<LeaseTable>,
     writer: LeaseWriter,
@@ -109,6 +108,7 @@ impl Drop for Full {
         let st = &self.writer.stats;
         let (commits, records) = (st.commits.load(Ordering::Relaxed), st.records.load(Ordering::Relaxed));
         info!(
+            target: "pixie::leases::stats",
             commits,
             records,
             failures = st.failures.load(Ordering::Relaxed),
@@ -306,7 +306,7 @@ struct Outgoing {
 }
 
 /// Handles one request on the DHCP port in full mode.
-pub async fn handle(full: &Full, sock: &PktSocket, ctx: &Context, pkt: Packet, from: SocketAddr, info: PktInfo) {
+pub fn handle(full: &Full, sock: &SyncPktSocket, ctx: &Context, pkt: Packet, from: SocketAddr, info: PktInfo) {
     if pkt.op != OP_REQUEST {
         ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
         return;
@@ -332,17 +332,17 @@ pub async fn handle(full: &Full, sock: &PktSocket, ctx: &Context, pkt: Packet, f
     };
     let subnet = &full.cfg.subnets[idx];
     let out = match mt {
-        MessageType::Discover => discover(full, ctx, &pkt, from, &info, idx, subnet, server_ip).await,
-        MessageType::Request => request(full, ctx, &pkt, from, &info, idx, subnet, server_ip).await,
+        MessageType::Discover => discover(full, ctx, &pkt, from, &info, idx, subnet, server_ip),
+        MessageType::Request => request(full, ctx, &pkt, from, &info, idx, subnet, server_ip),
         MessageType::Decline => {
-            decline(full, ctx, &pkt, server_ip).await;
+            decline(full, ctx, &pkt, server_ip);
             None
         }
         MessageType::Release => {
-            release(full, ctx, &pkt, server_ip).await;
+            release(full, ctx, &pkt, server_ip);
             None
         }
-        MessageType::Inform => inform(ctx, &pkt, from, &info, subnet, server_ip).await,
+        MessageType::Inform => inform(ctx, &pkt, from, &info, subnet, server_ip),
         other => {
             ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
             debug!(%from, "ignoring {other:?}: not a client message");
@@ -350,13 +350,13 @@ pub async fn handle(full: &Full, sock: &PktSocket, ctx: &Context, pkt: Packet, f
         }
     };
     let Some(out) = out else { return };
-    send(sock, ctx, &pkt, out, from, &info, server_ip).await;
+    send(sock, ctx, &pkt, out, from, &info, server_ip);
 }
 
-async fn decide(ctx: &Context, pkt: &Packet, phase: Phase, from: SocketAddr, info: &PktInfo, server_ip: Ipv4Addr) -> Option<BootDecision> {
+fn decide(ctx: &Context, pkt: &Packet, phase: Phase, from: SocketAddr, info: &PktInfo, server_ip: Ipv4Addr) -> Option<BootDecision> {
     let mut req = BootRequest::from_dhcpv4(pkt, phase, ifname(info.ifindex), Some(from));
     req.server = Some(IpAddr::V4(server_ip));
-    match ask_policy(ctx, req).await {
+    match ask_policy(ctx, req) {
         Decision::Ignore => {
             ctx.stats.ignored.fetch_add(1, Ordering::Relaxed);
             debug!(phase = %phase.as_str(), "decision: ignore (the policy stays silent for this client)");
@@ -378,7 +378,7 @@ fn pinned(d: &BootDecision) -> Option<Ipv4Addr> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn discover(
+fn discover(
     full: &Full,
     ctx: &Context,
     pkt: &Packet,
@@ -388,7 +388,7 @@ async fn discover(
     subnet: &Subnet,
     server_ip: Ipv4Addr,
 ) -> Option<Outgoing> {
-    let d = decide(ctx, pkt, Phase::Discover, from, info, server_ip).await?;
+    let d = decide(ctx, pkt, Phase::Discover, from, info, server_ip)?;
     let client = client_key(pkt);
     let mac = HwAddr(pkt.mac().to_vec());
     let offered = full.lock().offer(
@@ -429,7 +429,7 @@ fn nak(ctx: &Context, pkt: &Packet, server_ip: Ipv4Addr, why: &str) -> Option<Ou
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn request(
+fn request(
     full: &Full,
     ctx: &Context,
     pkt: &Packet,
@@ -475,20 +475,20 @@ async fn request(
         // RFC 2131 §4.3.2: no record of this client → remain silent (another server may own
         // it), unless the policy pins exactly this address.
         ClientState::InitReboot(_) if !known => {
-            let d = decide(ctx, pkt, Phase::Request, from, info, server_ip).await?;
+            let d = decide(ctx, pkt, Phase::Request, from, info, server_ip)?;
             if pinned(&d) != Some(requested) {
                 ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
                 debug!(%requested, "INIT-REBOOT for an address we have no record of; silent");
                 return None;
             }
-            return ack(full, ctx, pkt, subnet, server_ip, requested, &client, d).await;
+            return ack(full, ctx, pkt, subnet, server_ip, requested, &client, d);
         }
         ClientState::Selecting { .. } if !known => {
             return nak(ctx, pkt, server_ip, &format!("{requested} was not offered to this client"));
         }
         _ => {}
     }
-    let d = decide(ctx, pkt, Phase::Request, from, info, server_ip).await?;
+    let d = decide(ctx, pkt, Phase::Request, from, info, server_ip)?;
     if let Some(p) = pinned(&d) {
         if p != requested {
             return nak(ctx, pkt, server_ip, &format!("this client's address is {p}, not {requested}"));
@@ -496,7 +496,7 @@ async fn request(
     } else if !subnet.in_pool(requested) && !full.lock().is_clients(requested, &client) {
         return nak(ctx, pkt, server_ip, &format!("{requested} is not in a pool"));
     }
-    ack(full, ctx, pkt, subnet, server_ip, requested, &client, d).await
+    ack(full, ctx, pkt, subnet, server_ip, requested, &client, d)
 }
 
 fn local_is(info: &PktInfo, ip: Ipv4Addr) -> bool {
@@ -504,7 +504,7 @@ fn local_is(info: &PktInfo, ip: Ipv4Addr) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn ack(
+fn ack(
     full: &Full,
     ctx: &Context,
     pkt: &Packet,
@@ -521,7 +521,7 @@ async fn ack(
         return nak(ctx, pkt, server_ip, &format!("{ip} belongs to another client"));
     };
     // Durable before the ACK leaves. The writer batches concurrent ACKs into one fsync.
-    if let Err(e) = full.writer.write(record).await {
+    if let Err(e) = full.writer.write_blocking(record) {
         full.lock().rollback(undo);
         ctx.stats.store_errors.fetch_add(1, Ordering::Relaxed);
         error!(%ip, "not acknowledging: the lease could not be stored: {e}");
@@ -543,7 +543,7 @@ async fn ack(
     Some(Outgoing { reply, mt: MessageType::Ack, yiaddr: ip })
 }
 
-async fn decline(full: &Full, ctx: &Context, pkt: &Packet, server_ip: Ipv4Addr) {
+fn decline(full: &Full, ctx: &Context, pkt: &Packet, server_ip: Ipv4Addr) {
     let Some(ip) = opt_ip(pkt, opt::REQUESTED_IP) else {
         debug!("DHCPDECLINE without option 50; dropped");
         return;
@@ -558,13 +558,13 @@ async fn decline(full: &Full, ctx: &Context, pkt: &Packet, server_ip: Ipv4Addr) 
     };
     ctx.stats.declines.fetch_add(1, Ordering::Relaxed);
     warn!(%ip, "the client declined {ip} (something else answers ARP for it); quarantined for {secs} s");
-    if let Err(e) = full.writer.write(record).await {
+    if let Err(e) = full.writer.write_blocking(record) {
         ctx.stats.store_errors.fetch_add(1, Ordering::Relaxed);
         error!(%ip, "the quarantine could not be stored: {e}");
     }
 }
 
-async fn release(full: &Full, ctx: &Context, pkt: &Packet, server_ip: Ipv4Addr) {
+fn release(full: &Full, ctx: &Context, pkt: &Packet, server_ip: Ipv4Addr) {
     if opt_ip(pkt, opt::SERVER_ID).is_some_and(|s| s != server_ip) {
         return;
     }
@@ -575,14 +575,14 @@ async fn release(full: &Full, ctx: &Context, pkt: &Packet, server_ip: Ipv4Addr) 
     };
     ctx.stats.releases.fetch_add(1, Ordering::Relaxed);
     info!(%ip, "released");
-    if let Err(e) = full.writer.write(record).await {
+    if let Err(e) = full.writer.write_blocking(record) {
         ctx.stats.store_errors.fetch_add(1, Ordering::Relaxed);
         error!(%ip, "the release could not be stored: {e}");
     }
 }
 
-async fn inform(ctx: &Context, pkt: &Packet, from: SocketAddr, info: &PktInfo, subnet: &Subnet, server_ip: Ipv4Addr) -> Option<Outgoing> {
-    let d = decide(ctx, pkt, Phase::Inform, from, info, server_ip).await?;
+fn inform(ctx: &Context, pkt: &Packet, from: SocketAddr, info: &PktInfo, subnet: &Subnet, server_ip: Ipv4Addr) -> Option<Outgoing> {
+    let d = decide(ctx, pkt, Phase::Inform, from, info, server_ip)?;
     // RFC 2131 §3.4: no lease, no yiaddr; the reply goes to ciaddr.
     let (reply, warnings) = build(pkt, MessageType::Ack, Phase::Inform, subnet, server_ip, Ipv4Addr::UNSPECIFIED, None, &d);
     for w in warnings {
@@ -592,7 +592,7 @@ async fn inform(ctx: &Context, pkt: &Packet, from: SocketAddr, info: &PktInfo, s
     Some(Outgoing { reply, mt: MessageType::Ack, yiaddr: Ipv4Addr::UNSPECIFIED })
 }
 
-async fn send(sock: &PktSocket, ctx: &Context, pkt: &Packet, out: Outgoing, from: SocketAddr, info: &PktInfo, server_ip: Ipv4Addr) {
+fn send(sock: &SyncPktSocket, ctx: &Context, pkt: &Packet, out: Outgoing, from: SocketAddr, info: &PktInfo, server_ip: Ipv4Addr) {
     let (bytes, dropped) = out.reply.encode();
     if !dropped.is_empty() {
         warn!(?dropped, max = out.reply.max_len, "options did not fit the client's maximum message size");
@@ -605,7 +605,7 @@ async fn send(sock: &PktSocket, ctx: &Context, pkt: &Packet, out: Outgoing, from
             // The client has no address yet and cannot answer ARP: tell the kernel its MAC on
             // the receiving interface (only there), else fall back to a broadcast.
             match ifname(info.ifindex) {
-                Some(dev) => match crate::net::set_arp_entry(sock.inner().as_raw_fd(), &dev, out.yiaddr, pkt.mac()) {
+                Some(dev) => match crate::net::set_arp_entry(sock.raw_fd(), &dev, out.yiaddr, pkt.mac()) {
                     Ok(()) => a,
                     Err(e) => {
                         debug!(%dev, "cannot set the ARP entry for {} ({e}); broadcasting instead", out.yiaddr);
@@ -620,7 +620,7 @@ async fn send(sock: &PktSocket, ctx: &Context, pkt: &Packet, out: Outgoing, from
         warn!("cannot broadcast a reply: the request's interface is unknown");
         return;
     }
-    super::send_reply(sock, ctx, &bytes, to, server_ip, info.ifindex).await;
+    super::send_reply(sock, ctx, &bytes, to, server_ip, info.ifindex);
 }
 
 /// The state of an address in memory, for tests and status.

@@ -42,6 +42,10 @@ pub(crate) struct PluginResolver {
     /// Compiled plugins by display path. std Mutex: nothing awaits while it is held, and it is
     /// never held while a plugin compiles (plugins may import plugins).
     cache: Mutex<HashMap<String, SharedModule>>,
+    /// The same modules by the name written in `import`: scripts re-run their imports on every
+    /// call, and this answers those without touching the file system (a change to a plugin
+    /// file starts a new generation with a new resolver, so nothing here goes stale).
+    by_name: Mutex<HashMap<String, SharedModule>>,
 }
 
 impl PluginResolver {
@@ -49,6 +53,7 @@ impl PluginResolver {
         PluginResolver {
             dir: dir.to_path_buf(),
             cache: Mutex::new(HashMap::new()),
+            by_name: Mutex::new(HashMap::new()),
         }
     }
 
@@ -139,10 +144,15 @@ impl ModuleResolver for PluginResolver {
         path: &str,
         pos: Position,
     ) -> Result<SharedModule, Box<EvalAltResult>> {
+        if let Some(m) = self.by_name.lock().expect("plugin cache poisoned").get(path) {
+            return Ok(m.clone());
+        }
         let (display, canon) = self.locate(path).map_err(|msg| import_error(msg, pos))?;
         let key = display.display().to_string();
-        if let Some(m) = self.cache.lock().expect("plugin cache poisoned").get(&key) {
-            return Ok(m.clone());
+        let cached = self.cache.lock().expect("plugin cache poisoned").get(&key).cloned();
+        if let Some(m) = cached {
+            self.by_name.lock().expect("plugin cache poisoned").insert(path.to_string(), m.clone());
+            return Ok(m);
         }
         let cycle = LOADING.with(|l| l.borrow().contains(&key));
         if cycle {
@@ -180,6 +190,7 @@ impl ModuleResolver for PluginResolver {
             .lock()
             .expect("plugin cache poisoned")
             .insert(key, module.clone());
+        self.by_name.lock().expect("plugin cache poisoned").insert(path.to_string(), module.clone());
         Ok(module)
     }
 }
@@ -250,6 +261,17 @@ mod tests {
             .resolve(&engine, Some("scripts/boot.rhai"), "ok", pos)
             .unwrap();
         assert!(Arc::ptr_eq(&a, &b), "second import comes from the cache");
+        // Another spelling of the same plugin is the same module.
+        let c = r
+            .resolve(&engine, Some("scripts/boot.rhai"), "ok.rhai", pos)
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &c));
+        // Repeated imports (every call re-runs them) do not touch the file system.
+        std::fs::remove_file(r.dir.join("ok.rhai")).unwrap();
+        let d = r
+            .resolve(&engine, Some("scripts/boot.rhai"), "ok", pos)
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &d));
         assert_eq!(
             a.id(),
             Some(r.dir.join("ok.rhai").display().to_string().as_str())
