@@ -286,7 +286,7 @@ pub(crate) fn send_reply(sock: &SyncPktSocket, ctx: &Context, bytes: &[u8], to: 
 /// The call is bounded by the policy's own deadline (the Rhai policy enforces one).
 pub fn ask_policy(ctx: &Context, req: BootRequest) -> Decision {
     let started = Instant::now();
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.policy.boot(&req)));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.policy.boot_owned(req)));
     let took = started.elapsed();
     if took > ctx.slow_policy {
         warn!(?took, "the policy took {took:?} to decide (its worker answered nobody else meanwhile)");

@@ -471,6 +471,12 @@ pub trait Policy: Send + Sync + fmt::Debug {
     /// Decide how to answer one DHCP request.
     fn boot(&self, req: &BootRequest) -> Result<Decision, PolicyError>;
 
+    /// [`Policy::boot`] for a caller that no longer needs the request, so an implementation
+    /// that must own it (a script engine) need not copy it.
+    fn boot_owned(&self, req: BootRequest) -> Result<Decision, PolicyError> {
+        self.boot(&req)
+    }
+
     /// Decide how to serve one file request. Default: serve it from the root.
     fn file(&self, _req: &FileRequest) -> Result<FileDecision, PolicyError> {
         Ok(FileDecision::Serve)

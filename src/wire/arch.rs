@@ -182,6 +182,11 @@ impl Arch {
         }
     }
 
+    /// The slug of a registered code, without allocating; `None` for unknown codes.
+    pub fn static_name(self) -> Option<&'static str> {
+        self.entry().map(|e| e.2)
+    }
+
     /// Slug used in scripts and logs (`x64-uefi`, `x86-bios`, …); `unknown-N` for unknown codes.
     pub fn name(self) -> String {
         match self.entry() {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, Map, Position};
+use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Position};
 
 use super::diag::nearest;
 use crate::policy::{
@@ -75,6 +75,22 @@ fn ip_or_empty(ip: Option<IpAddr>) -> Dynamic {
     ip.map(|ip| ip.to_string()).unwrap_or_default().into()
 }
 
+/// A script string for a `'static` slug (architecture, firmware, phase, family), made once per
+/// process: scripts read `req.arch_name` and friends several times per call, and each read
+/// would otherwise allocate the same string again.
+fn slug(s: &'static str) -> Dynamic {
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, RwLock};
+    static SLUGS: OnceLock<RwLock<HashMap<&'static str, ImmutableString>>> = OnceLock::new();
+    let slugs = SLUGS.get_or_init(RwLock::default);
+    if let Some(v) = slugs.read().unwrap_or_else(|e| e.into_inner()).get(s) {
+        return v.clone().into();
+    }
+    let v = ImmutableString::from(s);
+    slugs.write().unwrap_or_else(|e| e.into_inner()).insert(s, v.clone());
+    v.into()
+}
+
 /// The value of one field of a boot request, `None` if there is no such field.
 pub(crate) fn boot_field(r: &BootRequest, name: &str) -> Option<Dynamic> {
     Some(match name {
@@ -92,8 +108,11 @@ pub(crate) fn boot_field(r: &BootRequest, name: &str) -> Option<Dynamic> {
             .map(|a| Dynamic::from_int(i64::from(a.code())))
             .collect::<Array>()
             .into(),
-        "arch_name" => r.arch().map(|a| a.name()).unwrap_or_default().into(),
-        "firmware" => r.firmware().as_str().into(),
+        "arch_name" => match r.arch() {
+            None => slug(""),
+            Some(a) => a.static_name().map_or_else(|| a.name().into(), slug),
+        },
+        "firmware" => slug(r.firmware().as_str()),
         "http" => r.http().into(),
         "ipxe" => r.ipxe.into(),
         "pxe" => r.pxe_client().into(),
@@ -110,8 +129,8 @@ pub(crate) fn boot_field(r: &BootRequest, name: &str) -> Option<Dynamic> {
         "circuit_id" => lossy(&r.circuit_id),
         "remote_id" => lossy(&r.remote_id),
         "interface" => opt_str(&r.interface),
-        "family" => r.family.as_str().into(),
-        "phase" => r.phase.as_str().into(),
+        "family" => slug(r.family.as_str()),
+        "phase" => slug(r.phase.as_str()),
         "client_ip" => ip_or_empty(r.client_ip),
         "server" => ip_or_empty(r.server),
         _ => return None,
@@ -171,16 +190,29 @@ fn no_such_field(what: &str, name: &str, known: &[&str]) -> Box<EvalAltResult> {
     ))
 }
 
+/// Registers script type `T` as `type_name`: a getter per name in `fields` (`req.mac`) and the
+/// indexer (`req["mac"]`), both answered by `field`; an unknown name in the indexer is an error
+/// that lists the fields of the `what`.
+fn register_record<T: Clone + Send + Sync + 'static>(
+    engine: &mut Engine,
+    type_name: &str,
+    what: &'static str,
+    fields: &'static [&'static str],
+    field: fn(&T, &str) -> Option<Dynamic>,
+) {
+    engine.register_type_with_name::<T>(type_name);
+    for &name in fields {
+        engine.register_get(name, move |r: &mut T| field(r, name).unwrap_or(Dynamic::UNIT));
+    }
+    engine.register_indexer_get(move |r: &mut T, name: &str| {
+        field(r, name).ok_or_else(|| no_such_field(what, name, fields))
+    });
+}
+
 /// Registers the request types, their getters and `req.option(n)` with the engine.
 pub(crate) fn register(engine: &mut Engine) {
-    engine.register_type_with_name::<ScriptBootRequest>("BootRequest");
-    for &name in BOOT_FIELDS {
-        engine.register_get(name, move |r: &mut ScriptBootRequest| {
-            boot_field(&r.0, name).unwrap_or(Dynamic::UNIT)
-        });
-    }
-    engine.register_indexer_get(|r: &mut ScriptBootRequest, name: &str| {
-        boot_field(&r.0, name).ok_or_else(|| no_such_field("boot request", name, BOOT_FIELDS))
+    register_record(engine, "BootRequest", "boot request", BOOT_FIELDS, |r: &ScriptBootRequest, n| {
+        boot_field(&r.0, n)
     });
     engine.register_fn(
         "option",
@@ -194,28 +226,14 @@ pub(crate) fn register(engine: &mut Engine) {
     engine.register_fn("to_string", |r: &mut ScriptBootRequest| boot_summary(&r.0));
     engine.register_fn("to_debug", |r: &mut ScriptBootRequest| boot_summary(&r.0));
 
-    engine.register_type_with_name::<ScriptFileRequest>("FileRequest");
-    for &name in FILE_FIELDS {
-        engine.register_get(name, move |r: &mut ScriptFileRequest| {
-            file_field(&r.0, name).unwrap_or(Dynamic::UNIT)
-        });
-    }
-    engine.register_indexer_get(|r: &mut ScriptFileRequest, name: &str| {
-        file_field(&r.0, name).ok_or_else(|| no_such_field("file request", name, FILE_FIELDS))
+    register_record(engine, "FileRequest", "file request", FILE_FIELDS, |r: &ScriptFileRequest, n| {
+        file_field(&r.0, n)
     });
     engine.register_fn("to_string", |r: &mut ScriptFileRequest| {
         format!("{} {} from {}", r.0.protocol, r.0.path, r.0.client)
     });
 
-    engine.register_type_with_name::<ScriptBooted>("Booted");
-    for &name in ACK_FIELDS {
-        engine.register_get(name, move |r: &mut ScriptBooted| {
-            ack_field(&r.0, name).unwrap_or(Dynamic::UNIT)
-        });
-    }
-    engine.register_indexer_get(|r: &mut ScriptBooted, name: &str| {
-        ack_field(&r.0, name).ok_or_else(|| no_such_field("booted event", name, ACK_FIELDS))
-    });
+    register_record(engine, "Booted", "booted event", ACK_FIELDS, |r: &ScriptBooted, n| ack_field(&r.0, n));
 }
 
 fn boot_summary(r: &BootRequest) -> String {

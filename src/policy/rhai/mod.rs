@@ -260,13 +260,15 @@ impl RhaiPolicy {
     /// [`Policy::boot`], also reporting the time the script's `now()` returned (`None` if the
     /// script did not call it).
     pub fn boot_traced(&self, req: &BootRequest) -> (Result<Decision, PolicyError>, Option<UsedTime>) {
+        self.boot_shared(Arc::new(req.clone()))
+    }
+
+    fn boot_shared(&self, req: Arc<BootRequest>) -> (Result<Decision, PolicyError>, Option<UsedTime>) {
         let c = self.current.load_full();
         let Some(h) = c.hook(Hook::Boot) else {
             return (Ok(Decision::Ignore), None);
         };
-        let (v, used) = engine::tracking_now(|| {
-            c.call(h, Dynamic::from(ScriptBootRequest(Arc::new(req.clone()))))
-        });
+        let (v, used) = engine::tracking_now(|| c.call(h, Dynamic::from(ScriptBootRequest(req))));
         let fixed = self.env.clock.read().expect("clock lock poisoned").is_some();
         if let Some(t) = used {
             let how = if fixed { "fixed by --at" } else { "local time" };
@@ -341,6 +343,10 @@ impl RhaiPolicy {
 impl Policy for RhaiPolicy {
     fn boot(&self, req: &BootRequest) -> Result<Decision, PolicyError> {
         self.boot_traced(req).0
+    }
+
+    fn boot_owned(&self, req: BootRequest) -> Result<Decision, PolicyError> {
+        self.boot_shared(Arc::new(req)).0
     }
 
     fn file(&self, req: &FileRequest) -> Result<FileDecision, PolicyError> {

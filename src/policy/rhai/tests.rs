@@ -131,6 +131,12 @@ fn boot(req) {
         filename(&p, &r),
         "52:54:00:12:34:56||-1|[]||bios|false|false|false|||[]||||||v4|discover||"
     );
+
+    // An unregistered architecture keeps its number in the slug (registered slugs are shared
+    // strings; this one is made per read).
+    let mut r = BootRequest::new_v4(mac(), Phase::Discover);
+    r.arches = vec![Arch::Unknown(4242)];
+    assert!(filename(&p, &r).contains("|4242|[4242]|unknown-4242|"), "{}", filename(&p, &r));
 }
 
 #[test]
