@@ -26,7 +26,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use super::netascii::{converted_size, NetasciiReader};
 use super::options::{blksize_for_mtu, negotiate, Limits};
 use super::root::Root;
-use super::transfer::{Failure, Params, Status, Transfer};
+use super::transfer::{Batch, Failure, Params, Status, Transfer};
 use super::TftpConfig;
 use crate::clients::ClientTable;
 use crate::net::{PktInfo, PktSocket};
@@ -450,15 +450,16 @@ impl Job {
         loop {
             loop {
                 let max_segments = if gso { GSO_MAX_SEGMENTS } else { 1 };
-                let Some((buf, seg)) = t.poll_transmit_batch(max_segments, GSO_MAX_BYTES) else { break };
+                let Some(batch) = t.poll_transmit_batch(max_segments, GSO_MAX_BYTES) else { break };
+                let several = batch.len() > batch.segment;
                 let mut r =
-                    if buf.len() > seg { send_gso(sock, buf, seg).await } else { sock.send(buf).await.map(drop) };
+                    if several { send_gso(sock, &batch).await } else { sock.send(batch.parts[0]).await.map(drop) };
                 if let Err(e) = &r {
-                    if buf.len() > seg && e.kind() != io::ErrorKind::ConnectionRefused {
+                    if several && e.kind() != io::ErrorKind::ConnectionRefused {
                         debug!("UDP GSO unavailable ({e}); sending packets one by one");
                         gso = false;
                         r = Ok(());
-                        for p in buf.chunks(seg) {
+                        for p in batch.packets() {
                             if let Err(e) = sock.send(p).await {
                                 r = Err(e);
                                 break;
@@ -476,6 +477,8 @@ impl Job {
             if !t.is_running() {
                 break;
             }
+            // Read the block after the window now, not after the ACK that makes it due.
+            t.read_ahead();
             tokio::select! {
                 biased;
                 _ = &mut cancelled => t.cancel(),
@@ -586,6 +589,9 @@ fn run_lockstep(sock: &std::net::UdpSocket, t: &mut Transfer, cancel: &Cancellat
             t.cancel();
             continue;
         }
+        // Read the next block while the client handles this one: when its ACK arrives, the
+        // next block is ready and goes out at once (tftpd-hpa's double buffer).
+        t.read_ahead();
         match sock.recv(&mut buf) {
             Ok(n) => {
                 let now = Instant::now();
@@ -637,30 +643,36 @@ const GSO_MAX_SEGMENTS: usize = 64;
 /// Most bytes in one GSO send: below the 65 507-byte UDP payload limit.
 const GSO_MAX_BYTES: usize = 65_000;
 
-/// Sends `buf` as datagrams of `seg` bytes (the last may be shorter) with one `sendmsg` and
-/// `UDP_SEGMENT` on a connected socket.
-async fn send_gso(sock: &UdpSocket, buf: &[u8], seg: usize) -> io::Result<()> {
-    let seg = u16::try_from(seg).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+/// Sends a batch as datagrams of `batch.segment` bytes (the last may be shorter) with one
+/// `sendmsg` and `UDP_SEGMENT` on a connected socket; its two parts are two iovecs (the kernel
+/// segments their concatenation).
+async fn send_gso(sock: &UdpSocket, batch: &Batch<'_>) -> io::Result<()> {
+    let seg = u16::try_from(batch.segment).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     loop {
         sock.writable().await?;
-        match sock.try_io(tokio::io::Interest::WRITABLE, || sendmsg_gso(sock.as_raw_fd(), buf, seg)) {
+        match sock.try_io(tokio::io::Interest::WRITABLE, || sendmsg_gso(sock.as_raw_fd(), &batch.parts, seg)) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             r => return r,
         }
     }
 }
 
-fn sendmsg_gso(fd: std::os::fd::RawFd, buf: &[u8], seg: u16) -> io::Result<()> {
+fn sendmsg_gso(fd: std::os::fd::RawFd, parts: &[&[u8]; 2], seg: u16) -> io::Result<()> {
     #[repr(C, align(8))]
     struct Cmsg([u8; 32]);
     let mut cbuf = Cmsg([0; 32]);
+    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2];
+    let mut n = 0;
+    for p in parts.iter().filter(|p| !p.is_empty()) {
+        iov[n] = libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() };
+        n += 1;
+    }
     // SAFETY: msg points at live locals; the control buffer is 8-aligned and larger than
-    // CMSG_SPACE(2); the kernel only reads from buf.
+    // CMSG_SPACE(2); the kernel only reads from the iovecs, which point into `parts`.
     unsafe {
-        let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
         let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = n as _;
         msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
         msg.msg_controllen = libc::CMSG_SPACE(2) as _;
         let c = libc::CMSG_FIRSTHDR(&msg);
