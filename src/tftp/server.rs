@@ -8,7 +8,9 @@
 //! A lock-step transfer (windowsize 1) of 32 blocks or more hands its socket and state machine to
 //! a thread of its own with a blocking socket ([`TftpConfig::lockstep_threads`]): lock-step speed
 //! is one round trip per block, and a thread woken straight out of `recv` answers an ACK sooner
-//! than a readiness event followed by a task wake-up.
+//! than a readiness event followed by a task wake-up. Both loops read the next block
+//! ([`Transfer::read_ahead`]) after sending and before waiting, so the file read is not between
+//! an ACK and the block it asks for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
