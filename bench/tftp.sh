@@ -6,14 +6,17 @@
 # Usage (as root, from the repository root):
 #   bench/tftp.sh [--servers "pixie tftpd-hpa dnsmasq async-tftp"] [--size-mib 64] [--repeats 1]
 #                 [--parallel 20] [--small-n 200] [--out DIR] [--bin PATH] [--quick]
-#   bench/tftp.sh --ab N [--servers "pixie tftpd-hpa dnsmasq"] [--old-bin PATH]
+#   bench/tftp.sh --ab N [--servers "pixie tftpd-hpa dnsmasq"] [--old-bin PATH] [--tests "T ..."]
 #
 # --ab N: interleaved lock-step runs instead of the table above. All servers run at once on
 # their own ports (dnsmasq on 69) and every test goes to each server in turn, N rounds
 # (A/B/A/B), so that load changes on a shared box hit every server alike. Tests: curl at
 # blksize 512 (8 MiB), 1468 (32 MiB), 8192 and 65464 (64 MiB), tftp-hpa (8 MiB), and 20
 # parallel curls at 1468 (20 x 32 MiB, aggregate). Prints medians, all runs, and ratios to
-# tftpd-hpa. --old-bin adds a second pixie build as server "pixie-old".
+# tftpd-hpa. --old-bin adds a second pixie build as server "pixie-old". --tests runs only
+# some of them (names as in the table: curl-512 curl-1468 curl-8192 curl-65464 tftp-hpa
+# parallel20). The order of the servers rotates by one every round; a second table gives the
+# median over rounds of each round's own ratio (less sensitive to load changing between rounds).
 #
 # Needs: curl, tftp (tftp-hpa), atftp, in.tftpd (tftpd-hpa), dnsmasq, ip (iproute2), python3.
 #   apt-get install -y tftpd-hpa tftp-hpa atftp dnsmasq-base curl   (policy-rc.d keeps services off)
@@ -43,8 +46,9 @@ BLKSIZES="512 1468 8192 65464"
 WINDOWS="1 16 64"
 AB=0
 OLDBIN=""
+AB_TESTS="curl-512 curl-1468 curl-8192 curl-65464 tftp-hpa parallel20"
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 ARGS=("$@")
 INSIDE=0
@@ -60,6 +64,7 @@ while [ $# -gt 0 ]; do
     --quick) SIZE_MIB=16; PARALLEL=8; SMALL_N=100; shift ;;
     --ab) AB="$2"; shift 2 ;;
     --old-bin) OLDBIN="$2"; shift 2 ;;
+    --tests) AB_TESTS="$2"; shift 2 ;;
     --inside) INSIDE=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 ;;
@@ -157,9 +162,13 @@ if [ "$AB" -gt 0 ]; then
   RES="$OUT/results-ab.tsv"
   : > "$RES"
   echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), --ab $AB" | tee "$OUT/header.txt" >&2
+  read -r -a SERVER_LIST <<< "$SERVERS"
+  NSERV=${#SERVER_LIST[@]}
   for r in $(seq "$AB"); do
-    for t in curl-512 curl-1468 curl-8192 curl-65464 tftp-hpa parallel20; do
-      for s in $SERVERS; do
+    # Rotate the order every round, so that no server always runs right after another one.
+    ORDER=("${SERVER_LIST[@]:$(( (r - 1) % NSERV ))}" "${SERVER_LIST[@]:0:$(( (r - 1) % NSERV ))}")
+    for t in $AB_TESTS; do
+      for s in "${ORDER[@]}"; do
         p=${PORT[$s]}
         case $t in
           curl-512) f=ab8.bin; cmd=(curl -s --tftp-blksize 512 -o /dev/null "tftp://127.0.0.1:$p/$f") ;;
@@ -179,16 +188,19 @@ if [ "$AB" -gt 0 ]; then
     done
   done
   for p in "${AB_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  echo "# load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/header.txt" >&2
   python3 - "$RES" "$SERVERS" <<'EOF'
 import sys, statistics, collections
 d = collections.defaultdict(list)
+per_round = collections.defaultdict(dict)
 tests = []
 for line in open(sys.argv[1]):
-    _, t, s, v = line.rstrip("\n").split("\t")
+    r, t, s, v = line.rstrip("\n").split("\t")
     if t not in tests:
         tests.append(t)
     if v != "nan":
         d[(t, s)].append(float(v))
+        per_round[(t, int(r))][s] = float(v)
 servers = sys.argv[2].split()
 others = [s for s in servers if s != "tftpd-hpa"]
 print("| test (MB/s) | " + " | ".join(servers) + " | " + " | ".join(f"{s}/tftpd-hpa" for s in others) + " |")
@@ -198,6 +210,19 @@ for t in tests:
     cells = [f"{med[s]:.1f} [{' '.join(f'{x:.0f}' for x in d[(t, s)])}]" for s in servers]
     ratios = [f"{med[s] / med['tftpd-hpa']:.2f}x" if "tftpd-hpa" in med else "-" for s in others]
     print(f"| {t} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+pairs = [(a, "tftpd-hpa") for a in others if "tftpd-hpa" in servers]
+if "pixie" in servers and "pixie-old" in servers:
+    pairs.append(("pixie", "pixie-old"))
+if pairs:
+    print()
+    print("| test: median of per-round ratios | " + " | ".join(f"{a}/{b}" for a, b in pairs) + " |")
+    print("|" + "---|" * (1 + len(pairs)))
+    for t in tests:
+        cells = []
+        for a, b in pairs:
+            rs = [v[a] / v[b] for (tt, _), v in sorted(per_round.items()) if tt == t and a in v and b in v and v[b] > 0]
+            cells.append(f"{statistics.median(rs):.2f}x [{' '.join(f'{x:.2f}' for x in rs)}]" if rs else "-")
+        print(f"| {t} | " + " | ".join(cells) + " |")
 EOF
   exit 0
 fi

@@ -52,10 +52,11 @@ pub struct TftpConfig {
     pub max_blksize: u16,
     /// Whether blksize is also limited to the MTU of the interface the request came in on.
     pub clamp_blksize_to_mtu: bool,
-    /// Upper bound on windowsize × blksize: the bytes in flight per transfer, and the size of its
-    /// window buffer.
+    /// Upper bound on windowsize × blksize: the bytes in flight per transfer. Its window buffer
+    /// holds one block more, read ahead while the window waits for its ACK.
     pub max_window_bytes: usize,
-    /// Bytes read from a file at once (read-ahead buffer per transfer).
+    /// Bytes read from a file at once for blocks under 8192 bytes (read buffer per transfer);
+    /// larger blocks are read straight into the window buffer, one `read` per block.
     pub read_ahead: usize,
     /// Send each window (windowsize > 1) with UDP GSO, one system call per up to 64 blocks; the
     /// transfer falls back to one send per block by itself where GSO is refused.

@@ -15,10 +15,14 @@
 //! Apprentice bug (RFC 1350 errata / RFC 1123 4.2.3.1). On timeout the window after the last
 //! acknowledged block is sent again, up to `retries` times in a row, then the transfer fails.
 //!
-//! # Memory
-//! The blocks of the current window stay in one ring buffer of windowsize × (4 + blksize) bytes
-//! (bounded by negotiation, see [`super::options`]), so re-sending never re-reads the source and
-//! sending never allocates. Blocks are read from the source in order, exactly once.
+//! # Memory and read-ahead
+//! The blocks of the current window stay in one ring buffer of (windowsize + 1) × (4 + blksize)
+//! bytes (windowsize × blksize is bounded by negotiation, see [`super::options`]), so re-sending
+//! never re-reads the source and sending never allocates. Blocks are read from the source in
+//! order, exactly once. The one slot beyond the window lets the caller read the block after the
+//! window while it waits for the ACK ([`Transfer::read_ahead`]): in lock-step, block *n*+1 is then
+//! ready when ACK *n* arrives, and the file read is out of the round trip, as tftpd-hpa's double
+//! buffer does. A block is only read into a slot whose previous block is acknowledged.
 //!
 //! Block numbers are tracked as `u64` internally; on the wire they wrap from 65535 to 0, the
 //! convention of tftpd-hpa, iPXE and EDK2 for files over 32 MiB at 512-byte blocks.
@@ -93,7 +97,8 @@ pub enum Status {
 /// Counters for the completion log line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Payload bytes read from the source (= file bytes sent at least once).
+    /// Payload bytes read from the source (file bytes sent at least once, plus at most one block
+    /// read ahead when the transfer ended early).
     pub bytes: u64,
     /// DATA packets sent, including re-sends.
     pub data_sent: u64,
@@ -103,6 +108,35 @@ pub struct Stats {
     pub timeouts: u64,
 }
 
+/// DATA packets to send at once, from [`Transfer::poll_transmit_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// `segment`-byte packets back to back (the very last possibly shorter), to be sent as
+    /// `parts[0]` followed by `parts[1]`. `parts[1]` is empty unless the batch wraps around the
+    /// ring; then `parts[0]` holds whole packets only.
+    pub parts: [&'a [u8]; 2],
+    /// Packet size (blksize + 4, or the length of a lone OACK or ERROR).
+    pub segment: usize,
+}
+
+impl Batch<'_> {
+    /// Bytes in both parts.
+    pub fn len(&self) -> usize {
+        self.parts[0].len() + self.parts[1].len()
+    }
+
+    /// Whether there is nothing to send (never, for a batch handed out).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The packets one by one, in order.
+    pub fn packets(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let seg = self.segment.max(1);
+        self.parts.iter().flat_map(move |p| p.chunks(seg))
+    }
+}
+
 /// One read transfer. See the module docs.
 pub struct Transfer {
     blksize: usize,
@@ -110,7 +144,12 @@ pub struct Transfer {
     timeout: Duration,
     retries: u32,
     source: Box<dyn Read + Send>,
-    /// `window` slots of `DATA_HEADER + blksize` bytes; block n lives in slot (n - 1) % window.
+    /// A read error met ahead of time ([`Transfer::read_ahead`], or the rest of a batch): the
+    /// source is not read again, and the error is reported when its block is due.
+    read_error: Option<io::Error>,
+    /// Slots in the ring: `window + 1`.
+    slots: u64,
+    /// `slots` slots of `DATA_HEADER + blksize` bytes; block n lives in slot (n - 1) % slots.
     ring: Vec<u8>,
     /// Packet length of each slot.
     slot_len: Vec<usize>,
@@ -161,14 +200,17 @@ impl Transfer {
             Packet::Oack(params.oack).emit(&mut oack);
         }
         let has_oack = !oack.is_empty();
+        let slots = window + 1;
         let mut t = Transfer {
             blksize,
             window,
             timeout: params.timeout,
             retries: params.retries,
             source,
-            ring: vec![0; window as usize * (DATA_HEADER + blksize)],
-            slot_len: vec![0; window as usize],
+            read_error: None,
+            slots,
+            ring: vec![0; slots as usize * (DATA_HEADER + blksize)],
+            slot_len: vec![0; slots as usize],
             control: oack.clone(),
             oack,
             control_pending: has_oack,
@@ -309,48 +351,52 @@ impl Transfer {
 
     /// The next datagram to send, if any. Call until it returns `None` after every input.
     pub fn poll_transmit(&mut self) -> Option<&[u8]> {
-        self.poll_transmit_batch(1, usize::MAX).map(|(b, _)| b)
+        // One segment never wraps around the ring: it is all in the first part.
+        self.poll_transmit_batch(1, usize::MAX).map(|b| b.parts[0])
     }
 
     /// Like [`Transfer::poll_transmit`], but hands out up to `max_segments` consecutive DATA
-    /// packets (at most `max_bytes` in all) as one buffer of `segment`-byte packets back to back,
-    /// the last possibly shorter: the layout UDP GSO (`UDP_SEGMENT`) sends with one system call.
-    /// Returns `(buffer, segment)`; an OACK or ERROR always comes alone (`segment` = its length).
-    /// The window's blocks are contiguous in the ring, so this copies nothing.
-    pub fn poll_transmit_batch(&mut self, max_segments: usize, max_bytes: usize) -> Option<(&[u8], usize)> {
+    /// packets (at most `max_bytes` in all) as `segment`-byte packets back to back, the last
+    /// possibly shorter: the layout UDP GSO (`UDP_SEGMENT`) sends with one system call. Where the
+    /// batch wraps around the end of the ring it comes in two parts (two iovecs of one `sendmsg`);
+    /// a packet never straddles them. An OACK or ERROR always comes alone (`segment` = its length).
+    /// Nothing is copied.
+    pub fn poll_transmit_batch(&mut self, max_segments: usize, max_bytes: usize) -> Option<Batch<'_>> {
         if self.control_pending {
             self.control_pending = false;
-            return Some((&self.control, self.control.len()));
+            return Some(Batch { parts: [&self.control, &[]], segment: self.control.len() });
         }
         if !self.is_running() || self.next_send > self.send_upto {
             return None;
         }
         let seg = DATA_HEADER + self.blksize;
         let first = self.next_send;
-        let first_slot = ((first - 1) % self.window) as usize;
         let mut n = first;
         let mut len = 0;
         while n <= self.send_upto && (n - first) < max_segments.max(1) as u64 {
-            let slot = ((n - 1) % self.window) as usize;
-            if n > first && (slot == 0 || len + seg > max_bytes) {
-                break; // the ring wraps here, or the batch is full
+            if n > first && len + seg > max_bytes {
+                break; // the batch is full
             }
-            while self.loaded < n {
+            // Blocks are sent in order, so at most block n itself is still to be read.
+            if self.loaded < n {
                 if let Err(e) = self.load_next() {
                     if n > first {
-                        break; // send what is ready; the error comes with the next call
+                        // Send what is ready; the error comes with the next call.
+                        self.read_error = Some(e);
+                        break;
                     }
                     self.fail_with_error(Failure::Read(e.to_string()), ErrorCode::NotDefined, "read error");
                     self.control_pending = false;
-                    return Some((&self.control, self.control.len()));
+                    return Some(Batch { parts: [&self.control, &[]], segment: self.control.len() });
                 }
             }
-            if self.loaded < n || self.last_block.is_some_and(|l| n > l) {
+            if self.last_block.is_some_and(|l| n > l) {
                 break;
             }
-            len = (n - first) as usize * seg + self.slot_len[slot];
+            let slot_len = self.slot_len[self.slot(n)];
+            len += slot_len;
             n += 1;
-            if self.slot_len[slot] < seg {
+            if slot_len < seg {
                 break; // the final, short block
             }
         }
@@ -362,14 +408,50 @@ impl Transfer {
         self.next_send = n;
         self.highest_sent = self.highest_sent.max(n - 1);
         self.stats.data_sent += count;
+        // A batch holds at most `window` < `slots` blocks, so it wraps at most once. Only its last
+        // block can be short, so every block before the wrap is a whole segment.
+        let first_slot = self.slot(first);
+        let before_wrap = count.min(self.slots - first_slot as u64) as usize;
         let start = first_slot * seg;
-        Some((&self.ring[start..start + len], seg))
+        if before_wrap as u64 == count {
+            Some(Batch { parts: [&self.ring[start..start + len], &[]], segment: seg })
+        } else {
+            let head = before_wrap * seg;
+            Some(Batch { parts: [&self.ring[start..start + head], &self.ring[..len - head]], segment: seg })
+        }
     }
 
-    /// Reads block `loaded + 1` into its slot.
+    /// Reads the next block not yet read into its slot, if that slot's previous block is
+    /// acknowledged (so a block that may still have to be re-sent is never overwritten). Call it
+    /// after sending and before waiting for the client: in lock-step the block after the one in
+    /// flight is then read while the client handles that one, not after its ACK. Reads at most one
+    /// block; does nothing once the final block has been read, after a read error (kept, and
+    /// reported by [`Transfer::poll_transmit`] when that block is due, exactly as without
+    /// read-ahead) or once the transfer has ended.
+    pub fn read_ahead(&mut self) {
+        if !self.is_running() || self.last_block.is_some() || self.read_error.is_some() {
+            return;
+        }
+        // Block n lives in the slot of block n - slots, which must be acknowledged.
+        if self.loaded + 1 > self.acked + self.slots {
+            return;
+        }
+        if let Err(e) = self.load_next() {
+            self.read_error = Some(e);
+        }
+    }
+
+    fn slot(&self, n: u64) -> usize {
+        ((n - 1) % self.slots) as usize
+    }
+
+    /// Reads block `loaded + 1` into its slot; a read error met earlier is returned instead.
     fn load_next(&mut self) -> io::Result<()> {
+        if let Some(e) = self.read_error.take() {
+            return Err(e);
+        }
         let n = self.loaded + 1;
-        let slot = ((n - 1) % self.window) as usize;
+        let slot = self.slot(n);
         let start = slot * (DATA_HEADER + self.blksize);
         let pkt = &mut self.ring[start..start + DATA_HEADER + self.blksize];
         wire::write_data_header(pkt, n as u16);
@@ -418,6 +500,8 @@ impl Transfer {
 mod tests {
     use super::*;
     use std::io::Cursor;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     const T: Duration = Duration::from_secs(1);
 
@@ -784,6 +868,235 @@ mod tests {
         assert_eq!(got, f);
     }
 
+    /// A source that counts its reads and fails once `fail_at` bytes have been handed out.
+    struct Flaky {
+        data: Vec<u8>,
+        pos: usize,
+        fail_at: usize,
+        reads: Arc<AtomicUsize>,
+    }
+
+    impl Read for Flaky {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            if self.pos >= self.fail_at {
+                return Err(io::Error::other("disk on fire"));
+            }
+            let k = b.len().min(self.data.len() - self.pos).min(self.fail_at - self.pos);
+            b[..k].copy_from_slice(&self.data[self.pos..self.pos + k]);
+            self.pos += k;
+            Ok(k)
+        }
+    }
+
+    fn start_flaky(file: &[u8], fail_at: usize, blksize: u16, window: u16) -> (Transfer, Arc<AtomicUsize>, Instant) {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let src = Flaky { data: file.to_vec(), pos: 0, fail_at, reads: reads.clone() };
+        let p = Params { blksize, windowsize: window, timeout: T, retries: 3, oack: vec![] };
+        let now = Instant::now();
+        (Transfer::new(p, Box::new(src), now), reads, now)
+    }
+
+    fn payload(pkt: &[u8]) -> Vec<u8> {
+        let Packet::Data { data, .. } = Packet::parse(pkt).unwrap() else { panic!("expected DATA") };
+        data.to_vec()
+    }
+
+    #[test]
+    fn read_ahead_in_lock_step_reads_one_block_ahead_and_never_overwrites_the_unacked_one() {
+        let f = data(512 * 6 + 100);
+        let (mut t, now) = start(&f, 512, 1, &[("blksize", "512")]);
+        assert_eq!(drain(&mut t).len(), 1); // OACK
+        // While the OACK waits for ACK 0, blocks 1 and 2 fit the two slots; no further.
+        for _ in 0..5 {
+            t.read_ahead();
+        }
+        assert_eq!(t.stats().bytes, 1024);
+        t.on_packet(&ack(0), now);
+        let mut got = Vec::new();
+        let mut at = now;
+        for block in 1..=7u16 {
+            let out = drain(&mut t);
+            assert_eq!(blocks(&out), [block]);
+            for _ in 0..3 {
+                t.read_ahead();
+            }
+            // Block + 1 is read (or the file has ended); never block + 2.
+            let ahead = (512 * (u64::from(block) + 1)).min(f.len() as u64);
+            assert_eq!(t.stats().bytes, ahead);
+            if block % 2 == 1 {
+                // Lost twice: the timeouts re-send this very block, not the one read ahead.
+                for _ in 0..2 {
+                    at += T;
+                    t.on_timeout(at);
+                    assert_eq!(drain(&mut t), out);
+                    t.read_ahead();
+                    assert_eq!(t.stats().bytes, ahead);
+                }
+                // A duplicate of the previous ACK re-sends nothing and changes no slot.
+                t.on_packet(&ack(block - 1), at);
+                assert!(drain(&mut t).is_empty());
+                t.read_ahead();
+            }
+            got.extend(payload(&out[0]));
+            t.on_packet(&ack(block), at);
+        }
+        assert_eq!(t.status(), &Status::Done);
+        assert_eq!(got, f);
+        assert_eq!(t.stats().bytes, f.len() as u64);
+        assert_eq!(t.stats().data_sent, 7 + 4 * 2);
+        // Ended: nothing more is read.
+        t.read_ahead();
+        assert_eq!(t.stats().bytes, f.len() as u64);
+    }
+
+    #[test]
+    fn read_ahead_stops_at_the_final_block_and_when_ended() {
+        // Exactly 2 full blocks: the final block 3 is empty. Read-ahead must not read past it.
+        let f = data(1024);
+        let (mut t, reads, now) = start_flaky(&f, usize::MAX, 512, 1);
+        assert_eq!(blocks(&drain(&mut t)), [1]);
+        t.read_ahead(); // block 2
+        t.on_packet(&ack(1), now);
+        assert_eq!(blocks(&drain(&mut t)), [2]);
+        t.read_ahead(); // block 3, empty: the end of the file
+        let before = reads.load(Ordering::SeqCst);
+        t.on_packet(&ack(2), now);
+        let out = drain(&mut t);
+        assert_eq!(out, vec![vec![0, 3, 0, 3]]);
+        t.read_ahead();
+        t.read_ahead();
+        assert_eq!(reads.load(Ordering::SeqCst), before);
+        t.on_packet(&ack(3), now);
+        assert_eq!(t.status(), &Status::Done);
+        assert_eq!(t.stats().data_sent, 3);
+
+        // A cancelled transfer reads nothing more.
+        let (mut t, reads, _) = start_flaky(&data(5000), usize::MAX, 512, 1);
+        drain(&mut t);
+        t.cancel();
+        let before = reads.load(Ordering::SeqCst);
+        t.read_ahead();
+        assert_eq!(reads.load(Ordering::SeqCst), before);
+        assert_eq!(drain(&mut t), vec![wire::error_packet(ErrorCode::NotDefined, "server shutting down")]);
+    }
+
+    #[test]
+    fn read_error_met_ahead_is_reported_when_its_block_is_due() {
+        // The source fails after 1.5 blocks: block 2 cannot be read.
+        let f = data(512 * 4);
+        let (mut t, reads, now) = start_flaky(&f, 512 + 256, 512, 1);
+        assert_eq!(blocks(&drain(&mut t)), [1]);
+        t.read_ahead(); // meets the error; block 1 is still in flight
+        assert!(t.is_running(), "the error waits for its block");
+        let after_error = reads.load(Ordering::SeqCst);
+        t.read_ahead(); // the source is not read again
+        assert_eq!(reads.load(Ordering::SeqCst), after_error);
+        // Block 1 is lost: its re-send is block 1, not the error.
+        t.on_timeout(now + T);
+        assert_eq!(blocks(&drain(&mut t)), [1]);
+        assert!(t.is_running());
+        // ACK 1: block 2 is due now, and the error goes out in its place.
+        t.on_packet(&ack(1), now + T);
+        assert_eq!(drain(&mut t), vec![wire::error_packet(ErrorCode::NotDefined, "read error")]);
+        assert!(matches!(t.status(), Status::Failed(Failure::Read(_))));
+        assert_eq!(reads.load(Ordering::SeqCst), after_error);
+
+        // Without read-ahead, the same error at the same point.
+        let (mut t, _, now) = start_flaky(&f, 512 + 256, 512, 1);
+        assert_eq!(blocks(&drain(&mut t)), [1]);
+        assert!(t.is_running());
+        t.on_packet(&ack(1), now);
+        assert_eq!(drain(&mut t), vec![wire::error_packet(ErrorCode::NotDefined, "read error")]);
+        assert!(matches!(t.status(), Status::Failed(Failure::Read(_))));
+    }
+
+    #[test]
+    fn read_error_in_a_window_sends_the_blocks_before_it_first() {
+        // Window 4; the source fails inside block 3, met by the batch (not by read-ahead).
+        let f = data(512 * 8);
+        let (mut t, reads, now) = start_flaky(&f, 512 * 2 + 10, 512, 4);
+        let b = drain_batches(&mut t, 64);
+        // Blocks 1 and 2 go out; then the error, on the next call, without reading again.
+        assert_eq!(blocks(&b[0]), [1, 2]);
+        assert_eq!(b[1], vec![wire::error_packet(ErrorCode::NotDefined, "read error")]);
+        assert!(matches!(t.status(), Status::Failed(Failure::Read(_))));
+        let n = reads.load(Ordering::SeqCst);
+        t.read_ahead();
+        t.on_packet(&ack(2), now);
+        assert!(drain(&mut t).is_empty());
+        assert_eq!(reads.load(Ordering::SeqCst), n);
+    }
+
+    /// A client that loses about one packet in `loss` (xorshift from `seed`), acknowledges the
+    /// end of each window or the last in-order block after a gap, with the server reading ahead
+    /// (`read_ahead`) after every send as the server loops do; batches of up to 64 when
+    /// `batched`. Returns the bytes received in order.
+    fn lossy_run(f: &[u8], blksize: u16, window: u16, seed: u32, loss: u32, batched: bool) -> Vec<u8> {
+        // Retries enough that a run of losses never ends the transfer.
+        let p = Params { blksize, windowsize: window, timeout: T, retries: 1000, oack: vec![] };
+        let mut now = Instant::now();
+        let mut t = Transfer::new(p, Box::new(Cursor::new(f.to_vec())), now);
+        let w = u64::from(window);
+        let mut got = Vec::new();
+        let mut expect: u64 = 1;
+        let mut seed = seed;
+        let mut rounds = 0;
+        while t.is_running() {
+            rounds += 1;
+            assert!(rounds < 1_000_000, "stalled: {t:?}");
+            let out: Vec<Vec<u8>> =
+                if batched { drain_batches(&mut t, 64).into_iter().flatten().collect() } else { drain(&mut t) };
+            t.read_ahead();
+            let mut acked_something = false;
+            for p in &out {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                if seed % loss == 0 {
+                    continue; // lost
+                }
+                let Packet::Data { block, data } = Packet::parse(p).unwrap() else { panic!() };
+                if block == expect as u16 {
+                    got.extend_from_slice(data);
+                    expect += 1;
+                    if (expect - 1) % w == 0 || data.len() < usize::from(blksize) {
+                        t.on_packet(&ack(block), now);
+                        acked_something = true;
+                    }
+                } else {
+                    // Gap: acknowledge the last in-order block, drop the rest of the window.
+                    t.on_packet(&ack((expect - 1) as u16), now);
+                    acked_something = true;
+                    break;
+                }
+                t.read_ahead();
+            }
+            if !acked_something {
+                now += T;
+                t.on_timeout(now);
+            }
+        }
+        assert_eq!(t.status(), &Status::Done);
+        got
+    }
+
+    #[test]
+    fn read_ahead_with_random_loss_delivers_everything_byte_identical() {
+        let f = data(512 * 300 + 17);
+        for (window, seed) in [(1, 7u32), (2, 11), (3, 13), (8, 99), (16, 12345), (44, 4242)] {
+            for batched in [false, true] {
+                assert_eq!(lossy_run(&f, 512, window, seed, 5, batched), f, "window {window}, batched {batched}");
+            }
+        }
+        // An exact multiple of the block size (empty final block), small blocks with rollover.
+        let f = data(64 * 200);
+        assert_eq!(lossy_run(&f, 64, 4, 3, 4, true), f);
+        let f = data(8 * 70_000 + 3);
+        assert_eq!(lossy_run(&f, 8, 1, 5, 50, false), f);
+        assert_eq!(lossy_run(&f, 8, 7, 17, 50, true), f);
+    }
+
     #[test]
     fn read_error_sends_error_zero() {
         struct Broken;
@@ -801,10 +1114,21 @@ mod tests {
 
     /// Splits batches into packets, checking the layout promise.
     fn drain_batches(t: &mut Transfer, max: usize) -> Vec<Vec<Vec<u8>>> {
+        drain_batches_parts(t, max).into_iter().map(|(b, _)| b).collect()
+    }
+
+    /// Like `drain_batches`, with the number of packets in each batch's first part.
+    fn drain_batches_parts(t: &mut Transfer, max: usize) -> Vec<(Vec<Vec<u8>>, usize)> {
         let mut out = Vec::new();
-        while let Some((b, seg)) = t.poll_transmit_batch(max, 65_000) {
+        while let Some(b) = t.poll_transmit_batch(max, 65_000) {
+            let seg = b.segment;
             assert!(b.len() <= 65_000 || b.len() == seg);
-            out.push(b.chunks(seg).map(|c| c.to_vec()).collect::<Vec<_>>());
+            assert!(!b.is_empty());
+            if !b.parts[1].is_empty() {
+                assert_eq!(b.parts[0].len() % seg, 0, "a packet straddles the wrap");
+            }
+            let head = b.parts[0].len().div_ceil(seg);
+            out.push((b.packets().map(|c| c.to_vec()).collect::<Vec<_>>(), head));
             assert!(out.len() < 10_000, "runaway");
         }
         out
@@ -812,24 +1136,50 @@ mod tests {
 
     #[test]
     fn batches_are_consecutive_blocks_and_wrap_with_the_ring() {
+        // Window 4: a ring of 5 slots, block n in slot (n - 1) % 5.
         let f = data(512 * 10 + 7);
         let (mut t, now) = start(&f, 512, 4, &[]);
-        let b = drain_batches(&mut t, 64);
+        let b = drain_batches_parts(&mut t, 64);
         assert_eq!(b.len(), 1);
-        assert_eq!(blocks(&b[0]), [1, 2, 3, 4]);
-        // ACK 2: the window restarts at 3; slots of 3, 4 then wrap to 5, 6.
+        assert_eq!(blocks(&b[0].0), [1, 2, 3, 4]);
+        assert_eq!(b[0].1, 4);
+        // ACK 2: the window restarts at 3; slots 2, 3, 4 then wrap to slot 0 for 6: still one
+        // batch, in two parts.
         t.on_packet(&ack(2), now);
-        let b = drain_batches(&mut t, 64);
-        assert_eq!(b.iter().map(|x| blocks(x)).collect::<Vec<_>>(), vec![vec![3, 4], vec![5, 6]]);
+        let b = drain_batches_parts(&mut t, 64);
+        assert_eq!(b.len(), 1);
+        assert_eq!(blocks(&b[0].0), [3, 4, 5, 6]);
+        assert_eq!(b[0].1, 3);
+        // With read-ahead, block 7 goes into slot 1 (block 2's, acknowledged) before ACK 6.
+        t.read_ahead();
         t.on_packet(&ack(6), now);
-        let b = drain_batches(&mut t, 3);
-        assert_eq!(b.iter().map(|x| blocks(x)).collect::<Vec<_>>(), vec![vec![7, 8], vec![9, 10]]);
+        let b = drain_batches_parts(&mut t, 3);
+        assert_eq!(b.iter().map(|x| blocks(&x.0)).collect::<Vec<_>>(), vec![vec![7, 8, 9], vec![10]]);
         t.on_packet(&ack(10), now);
         let b = drain_batches(&mut t, 64);
         assert_eq!(b.len(), 1);
         assert_eq!(blocks(&b[0]), [11]);
         assert_eq!(b[0][0].len(), 4 + 7);
         t.on_packet(&ack(11), now);
+        assert_eq!(t.status(), &Status::Done);
+        assert_eq!(t.stats().bytes, f.len() as u64);
+    }
+
+    #[test]
+    fn wrapped_batch_ends_with_the_short_block_after_the_wrap() {
+        // Window 3, 4 slots; the file ends in block 6, a short block just past the wrap.
+        let f = data(512 * 5 + 9);
+        let (mut t, now) = start(&f, 512, 3, &[]);
+        assert_eq!(blocks(&drain_batches(&mut t, 64)[0]), [1, 2, 3]);
+        t.on_packet(&ack(3), now);
+        let b = drain_batches_parts(&mut t, 64);
+        assert_eq!(b.len(), 1);
+        assert_eq!(blocks(&b[0].0), [4, 5, 6]);
+        assert_eq!(b[0].1, 1); // block 4 in slot 3, then 5 and 6 in slots 0 and 1
+        assert_eq!(b[0].0[2].len(), 4 + 9);
+        let got: Vec<u8> = b[0].0.iter().flat_map(|p| p[4..].to_vec()).collect();
+        assert_eq!(got, f[512 * 3..]);
+        t.on_packet(&ack(6), now);
         assert_eq!(t.status(), &Status::Done);
     }
 
