@@ -825,47 +825,9 @@ mod tests {
 
     #[test]
     fn window_with_random_loss_delivers_everything() {
+        // Without read-ahead (a server loop that never calls it must work as well).
         let f = data(512 * 300 + 17);
-        let (mut t, mut now) = start(&f, 512, 8, &[]);
-        let mut got = Vec::new();
-        let mut expect: u64 = 1;
-        let mut seed = 99u32;
-        let mut out = drain(&mut t);
-        let mut rounds = 0;
-        while t.is_running() {
-            rounds += 1;
-            assert!(rounds < 10_000);
-            let mut acked_something = false;
-            for p in &out {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                if seed % 5 == 0 {
-                    continue; // lost
-                }
-                let Packet::Data { block, data } = Packet::parse(p).unwrap() else { panic!() };
-                if block == expect as u16 {
-                    got.extend_from_slice(data);
-                    expect += 1;
-                    if (expect - 1) % 8 == 0 || data.len() < 512 {
-                        t.on_packet(&ack(block), now);
-                        acked_something = true;
-                    }
-                } else {
-                    // Gap: acknowledge the last in-order block, drop the rest of the window.
-                    t.on_packet(&ack((expect - 1) as u16), now);
-                    acked_something = true;
-                    break;
-                }
-            }
-            if !acked_something {
-                now += T;
-                t.on_timeout(now);
-            }
-            out = drain(&mut t);
-        }
-        assert_eq!(t.status(), &Status::Done);
-        assert_eq!(got, f);
+        assert_eq!(lossy_run(&f, 512, 8, 99, 5, false, false), f);
     }
 
     /// A source that counts its reads and fails once `fail_at` bytes have been handed out.
@@ -1031,8 +993,8 @@ mod tests {
     /// A client that loses about one packet in `loss` (xorshift from `seed`), acknowledges the
     /// end of each window or the last in-order block after a gap, with the server reading ahead
     /// (`read_ahead`) after every send as the server loops do; batches of up to 64 when
-    /// `batched`. Returns the bytes received in order.
-    fn lossy_run(f: &[u8], blksize: u16, window: u16, seed: u32, loss: u32, batched: bool) -> Vec<u8> {
+    /// `batched`; without any read-ahead unless `ahead`. Returns the bytes received in order.
+    fn lossy_run(f: &[u8], blksize: u16, window: u16, seed: u32, loss: u32, batched: bool, ahead: bool) -> Vec<u8> {
         // Retries enough that a run of losses never ends the transfer.
         let p = Params { blksize, windowsize: window, timeout: T, retries: 1000, oack: vec![] };
         let mut now = Instant::now();
@@ -1047,7 +1009,9 @@ mod tests {
             assert!(rounds < 1_000_000, "stalled: {t:?}");
             let out: Vec<Vec<u8>> =
                 if batched { drain_batches(&mut t, 64).into_iter().flatten().collect() } else { drain(&mut t) };
-            t.read_ahead();
+            if ahead {
+                t.read_ahead();
+            }
             let mut acked_something = false;
             for p in &out {
                 seed ^= seed << 13;
@@ -1070,7 +1034,9 @@ mod tests {
                     acked_something = true;
                     break;
                 }
-                t.read_ahead();
+                if ahead {
+                    t.read_ahead();
+                }
             }
             if !acked_something {
                 now += T;
@@ -1086,15 +1052,15 @@ mod tests {
         let f = data(512 * 300 + 17);
         for (window, seed) in [(1, 7u32), (2, 11), (3, 13), (8, 99), (16, 12345), (44, 4242)] {
             for batched in [false, true] {
-                assert_eq!(lossy_run(&f, 512, window, seed, 5, batched), f, "window {window}, batched {batched}");
+                assert_eq!(lossy_run(&f, 512, window, seed, 5, batched, true), f, "window {window}, batched {batched}");
             }
         }
         // An exact multiple of the block size (empty final block), small blocks with rollover.
         let f = data(64 * 200);
-        assert_eq!(lossy_run(&f, 64, 4, 3, 4, true), f);
+        assert_eq!(lossy_run(&f, 64, 4, 3, 4, true, true), f);
         let f = data(8 * 70_000 + 3);
-        assert_eq!(lossy_run(&f, 8, 1, 5, 50, false), f);
-        assert_eq!(lossy_run(&f, 8, 7, 17, 50, true), f);
+        assert_eq!(lossy_run(&f, 8, 1, 5, 50, false, true), f);
+        assert_eq!(lossy_run(&f, 8, 7, 17, 50, true, true), f);
     }
 
     #[test]
