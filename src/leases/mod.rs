@@ -26,7 +26,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::policy::HwAddr;
 
@@ -122,17 +122,26 @@ pub const MAX_BATCH: usize = 4096;
 /// carries every ACK of that interval (PostgreSQL's `commit_delay`, MySQL's
 /// `binlog_group_commit_sync_delay`). "Under load" means the previous write arrived less than
 /// [`HOT_GAP`] before this one, so a lone ACK on a quiet network never waits.
-pub const COMMIT_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+pub const COMMIT_GATHER: Duration = Duration::from_millis(2);
 
 /// Writes closer together than this make the next commit wait [`COMMIT_GATHER`].
-pub const HOT_GAP: std::time::Duration = std::time::Duration::from_millis(4);
+pub const HOT_GAP: Duration = Duration::from_millis(4);
+
+/// After a gather that caught no other record, this many commits go without one (one writer
+/// waiting for each of its writes in turn gains nothing from waiting).
+const SKIP_AFTER_LONELY_GATHER: u32 = 16;
 
 type Done = Arc<OnceLock<Result<(), StoreError>>>;
 
+/// The group commit's state, all behind one mutex.
 struct Queue {
     pending: Vec<(Lease, Done)>,
     /// A caller is committing a batch right now (the others wait on the condvar).
     committing: bool,
+    /// When the previous write arrived.
+    last_arrival: Option<Instant>,
+    /// Commits left that skip the gather.
+    skip_gather: u32,
 }
 
 struct Shared {
@@ -141,18 +150,7 @@ struct Shared {
     committed: Condvar,
     /// Only the committing caller touches the backend; the mutex only makes that visible.
     backend: Mutex<Box<dyn LeaseBackend>>,
-    stats: Arc<WriterStats>,
-    /// When the previous write arrived, as nanoseconds since `epoch`.
-    last_arrival: AtomicU64,
-    epoch: std::time::Instant,
-    gather: std::time::Duration,
-    /// Commits left that skip the gather: set when a gather found no company (one writer
-    /// waiting for each of its writes in turn gains nothing from waiting).
-    skip_gather: std::sync::atomic::AtomicU32,
 }
-
-/// After a gather that caught no other record, this many commits go without one.
-const SKIP_AFTER_LONELY_GATHER: u32 = 16;
 
 /// The group-commit handle: cheap to clone, shared by the DHCP worker threads.
 ///
@@ -181,23 +179,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl LeaseWriter {
     /// Takes ownership of `backend`. (Kept fallible for backends that need a connection.)
     pub fn start(backend: Box<dyn LeaseBackend>) -> std::io::Result<LeaseWriter> {
-        Self::with_gather(backend, COMMIT_GATHER)
-    }
-
-    /// Like [`LeaseWriter::start`] with another gather interval (zero: commit at once).
-    pub fn with_gather(backend: Box<dyn LeaseBackend>, gather: std::time::Duration) -> std::io::Result<LeaseWriter> {
-        let stats = Arc::new(WriterStats::default());
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { pending: Vec::new(), committing: false }),
+            queue: Mutex::new(Queue { pending: Vec::new(), committing: false, last_arrival: None, skip_gather: 0 }),
             committed: Condvar::new(),
             backend: Mutex::new(backend),
-            stats: stats.clone(),
-            last_arrival: AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
-            gather,
-            skip_gather: std::sync::atomic::AtomicU32::new(0),
         });
-        Ok(LeaseWriter { shared, stats })
+        Ok(LeaseWriter { shared, stats: Arc::default() })
     }
 
     /// Stores `lease` durably, blocking until it is (or the commit failed). Call from a thread
@@ -205,11 +192,10 @@ impl LeaseWriter {
     pub fn write_blocking(&self, lease: Lease) -> Result<(), StoreError> {
         let sh = &self.shared;
         let done: Done = Arc::new(OnceLock::new());
-        // +1 so that 0 stays "no write yet".
-        let now = sh.epoch.elapsed().as_nanos() as u64 + 1;
-        let prev = sh.last_arrival.swap(now, Ordering::Relaxed);
-        let hot = prev != 0 && now.saturating_sub(prev) < HOT_GAP.as_nanos() as u64;
+        let now = Instant::now();
         let mut q = lock(&sh.queue);
+        let hot = q.last_arrival.is_some_and(|prev| now.saturating_duration_since(prev) < HOT_GAP);
+        q.last_arrival = Some(now);
         q.pending.push((lease, done.clone()));
         loop {
             if let Some(r) = done.get() {
@@ -217,17 +203,16 @@ impl LeaseWriter {
             }
             if !q.committing {
                 q.committing = true;
-                let skip = sh.skip_gather.load(Ordering::Relaxed);
-                if skip > 0 {
-                    sh.skip_gather.store(skip - 1, Ordering::Relaxed);
-                } else if hot && !sh.gather.is_zero() && q.pending.len() < MAX_BATCH {
+                if q.skip_gather > 0 {
+                    q.skip_gather -= 1;
+                } else if hot && q.pending.len() < MAX_BATCH {
                     // Writes are arriving close together: let the next ones join this commit.
                     let before = q.pending.len();
                     drop(q);
-                    std::thread::sleep(sh.gather);
+                    std::thread::sleep(COMMIT_GATHER);
                     q = lock(&sh.queue);
                     if q.pending.len() == before {
-                        sh.skip_gather.store(SKIP_AFTER_LONELY_GATHER, Ordering::Relaxed);
+                        q.skip_gather = SKIP_AFTER_LONELY_GATHER;
                     }
                 }
                 let n = q.pending.len().min(MAX_BATCH);
@@ -237,11 +222,11 @@ impl LeaseWriter {
                 let r = lock(&sh.backend).apply(&records);
                 match &r {
                     Ok(()) => {
-                        sh.stats.commits.fetch_add(1, Ordering::Relaxed);
-                        sh.stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+                        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                        self.stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        sh.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
                         tracing::error!("committing {} lease(s) failed: {e}", records.len());
                     }
                 }
@@ -338,7 +323,7 @@ mod tests {
         }
         // Back-to-back writes look "hot", but each gather finds nobody to wait for, so after
         // one lonely gather the next SKIP_AFTER_LONELY_GATHER commits skip it.
-        let skipped = w.shared.skip_gather.load(Ordering::Relaxed);
+        let skipped = lock(&w.shared.queue).skip_gather;
         assert!(skipped > 0, "no gather was skipped");
         assert_eq!(w.stats.commits.load(Ordering::Relaxed), 40);
         assert_eq!(mem.rows().len(), 40);
