@@ -190,8 +190,8 @@ pub struct SyncPktSocket {
 
 impl SyncPktSocket {
     /// The bound address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 
     /// The socket's file descriptor (for ioctls such as [`set_arp_entry`]).

@@ -146,7 +146,7 @@ pub async fn serve(
 /// One worker thread: receive, handle, repeat until `stop`.
 fn worker(sock: &SyncPktSocket, listener: Listener, ctx: &Context, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65_536];
-    let local = sock.local_addr().ok();
+    let local = sock.local_addr();
     while !stop.load(Ordering::Relaxed) {
         let (n, from, info, dropped) = match sock.recv(&mut buf) {
             Ok(x) => x,
@@ -154,18 +154,18 @@ fn worker(sock: &SyncPktSocket, listener: Listener, ctx: &Context, stop: &Atomic
             Err(e) if e.kind() == ErrorKind::InvalidData => {
                 ctx.stats.received.fetch_add(1, Ordering::Relaxed);
                 ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                debug!(?local, "dropping datagram: {e}");
+                debug!(%local, "dropping datagram: {e}");
                 continue;
             }
             Err(e) => {
-                warn!(?local, "receive failed: {e}");
+                warn!(%local, "receive failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
         if dropped > 0 {
             ctx.stats.overloaded.fetch_add(u64::from(dropped), Ordering::Relaxed);
-            debug!(?local, dropped, "the kernel dropped requests: every worker was busy and the receive buffer full");
+            debug!(%local, dropped, "the kernel dropped requests: every worker was busy and the receive buffer full");
         }
         ctx.stats.received.fetch_add(1, Ordering::Relaxed);
         let pkt = match dhcpv4::parse(&buf[..n]) {
@@ -197,15 +197,13 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 pub(crate) fn our_ipv4(info: &PktInfo, sock: &SyncPktSocket, ctx: &Context) -> Option<Ipv4Addr> {
-    let candidates = [Some(info.local), sock.local_addr().ok().map(|a| a.ip())];
-    for c in candidates.into_iter().flatten() {
-        if let IpAddr::V4(v4) = c {
-            if !v4.is_unspecified() && !v4.is_broadcast() {
-                return Some(v4);
-            }
-        }
-    }
-    ctx.server_ip
+    [info.local, sock.local_addr().ip()]
+        .into_iter()
+        .find_map(|a| match a {
+            IpAddr::V4(v4) if !v4.is_unspecified() && !v4.is_broadcast() => Some(v4),
+            _ => None,
+        })
+        .or(ctx.server_ip)
 }
 
 fn handle(sock: &SyncPktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4::Packet, from: SocketAddr, info: PktInfo) {

@@ -387,11 +387,11 @@ impl Job {
                     let len = bytes.len() as u64;
                     let what = format!("generated content ({len} bytes)");
                     let size = if netascii && wants_tsize { converted_size(&bytes[..]).ok() } else { Some(len) };
-                    let source: Box<dyn Read + Send> = Box::new(Cursor::new(bytes));
-                    let source = if netascii {
-                        Box::new(NetasciiReader::new(BufReader::with_capacity(8192, source)))
+                    // The bytes are in memory already: no read buffer in front of them.
+                    let source: Box<dyn Read + Send> = if netascii {
+                        Box::new(NetasciiReader::new(Cursor::new(bytes)))
                     } else {
-                        source
+                        Box::new(Cursor::new(bytes))
                     };
                     (Source::Reader(source), size, what)
                 }
@@ -425,7 +425,7 @@ impl Job {
                     };
                     let source = if netascii {
                         let file = BufReader::with_capacity(cap.max(512), opened.file);
-                        Source::Reader(Box::new(NetasciiReader::new(BufReader::with_capacity(8192, file))))
+                        Source::Reader(Box::new(NetasciiReader::new(file)))
                     } else {
                         Source::File { file: opened.file, buffer: cap.max(512) }
                     };
