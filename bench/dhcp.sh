@@ -13,9 +13,13 @@
 # server puts a boot file in OFFER/ACK (pixie: the policy decides it).
 #
 # Usage: bench/dhcp.sh [--rates "1000 2000 3000 4000"] [--period S] [--servers "pixie dnsmasq kea kea-mt"]
-#                      [--no-50k] [--no-policy] [--out FILE] [--old-bin PATH] [--repeats N]
+#                      [--no-50k] [--no-policy] [--out FILE] [--old-bin PATH] [--repeats N] [--perf DIR]
 # --old-bin adds server "pixie-old": a second pixie build run exactly like "pixie" (A/B of a change).
 # --repeats N runs every (rate, server) cell N times, servers interleaved within each repeat.
+# PIXIE_WORKERS=N in the environment sets pixie's [dhcp] workers (default: pixie's own).
+# --perf DIR records `perf record -g` of every server run into DIR/perf-SERVER-RATE.data (needs perf;
+#   PERF_CALLGRAPH="--call-graph dwarf" and PERF_FREQ=499 for Rust stacks without frame pointers;
+#   sampling inflates the CPU figures of that run: use it to see where the time goes, not to compare).
 # Needs root, iproute2, perfdhcp (kea-admin), kea-dhcp4 (kea-dhcp4-server), dnsmasq (dnsmasq-base),
 # and `cargo build --release` done. Every loop is bounded in count and time.
 set -euo pipefail
@@ -32,6 +36,7 @@ DO_POLICY=1
 OUT=""
 OLDBIN=""
 REPEATS=1
+PERFDIR=""
 W=/tmp/pixie-bench/dhcp
 # The example per-arch policy when the repository has it, else the shipped one.
 POLICY=$REPO/examples/per-arch
@@ -48,6 +53,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --old-bin) OLDBIN=$2; SERVERS="$SERVERS pixie-old"; shift 2 ;;
     --repeats) REPEATS=$2; shift 2 ;;
+    --perf) PERFDIR=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -90,6 +96,7 @@ mode = "full"
 port = 67
 pxe_port = 4011
 lease_time = 43200
+${PIXIE_WORKERS:+workers = $PIXIE_WORKERS}
 [[dhcp.subnet]]
 network = "$1"
 pools = ["$2"]
@@ -153,11 +160,17 @@ rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # One perfdhcp run; appends a TSV row: server rate exch/s drop% do_avg ra_avg ra_max cpu_us rss
 run_rate() { # $1 server $2 rate $3 clients $4 tag
-  local out="$W/perfdhcp-$4-$2.out" c0 c1
+  local out="$W/perfdhcp-$4-$2.out" c0 c1 perfpid=""
+  if [ -n "$PERFDIR" ]; then
+    perf record -q -F "${PERF_FREQ:-1999}" ${PERF_CALLGRAPH:--g} -p "$SPID" -o "$PERFDIR/perf-$4-$2.data" > /dev/null 2>&1 &
+    perfpid=$!
+    sleep 0.3
+  fi
   c0=$(cpu_ticks "$SPID")
   timeout $((PERIOD + 30)) ip netns exec $NS_C perfdhcp -4 -l pxdb-c0 -r "$2" -R "$3" -p "$PERIOD" -W 200000 \
     "${PXEOPTS[@]}" 10.79.0.1 > "$out" 2>&1 || true
   c1=$(cpu_ticks "$SPID")
+  if [ -n "$perfpid" ]; then kill -INT "$perfpid" 2>/dev/null || true; wait "$perfpid" 2>/dev/null || true; fi
   awk -v server="$4" -v rate="$2" -v period="$PERIOD" -v cpu=$((c1 - c0)) -v hz="$HZ" -v rss="$(rss_kb "$SPID")" '
     /Statistics for: DISCOVER-OFFER/ {s="do"} /Statistics for: REQUEST-ACK/ {s="ra"}
     /^sent packets:/ {sent[s]=$3} /^received packets:/ {recv[s]=$3}

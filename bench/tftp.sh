@@ -7,6 +7,7 @@
 #   bench/tftp.sh [--servers "pixie tftpd-hpa dnsmasq async-tftp"] [--size-mib 64] [--repeats 1]
 #                 [--parallel 20] [--small-n 200] [--out DIR] [--bin PATH] [--quick]
 #   bench/tftp.sh --ab N [--servers "pixie tftpd-hpa dnsmasq"] [--old-bin PATH] [--tests "T ..."]
+#   bench/tftp.sh --turnaround N [--servers "pixie tftpd-hpa dnsmasq"] [--old-bin PATH]
 #
 # --ab N: interleaved lock-step runs instead of the table above. All servers run at once on
 # their own ports (dnsmasq on 69) and every test goes to each server in turn, N rounds
@@ -17,6 +18,9 @@
 # some of them (names as in the table: curl-512 curl-1468 curl-8192 curl-65464 tftp-hpa
 # parallel20). The order of the servers rotates by one every round; a second table gives the
 # median over rounds of each round's own ratio (less sensitive to load changing between rounds).
+#
+# --turnaround N: splits a lock-step round trip into the server's and the client's part, from a
+# tcpdump capture of curl at blksize 512 (needs tcpdump); see the comment at that code.
 #
 # Needs: curl, tftp (tftp-hpa), atftp, in.tftpd (tftpd-hpa), dnsmasq, ip (iproute2), python3.
 #   apt-get install -y tftpd-hpa tftp-hpa atftp dnsmasq-base curl   (policy-rc.d keeps services off)
@@ -45,6 +49,7 @@ BIN=""
 BLKSIZES="512 1468 8192 65464"
 WINDOWS="1 16 64"
 AB=0
+TURN=0
 OLDBIN=""
 AB_TESTS="curl-512 curl-1468 curl-8192 curl-65464 tftp-hpa parallel20"
 
@@ -63,6 +68,7 @@ while [ $# -gt 0 ]; do
     --bin) BIN="$2"; shift 2 ;;
     --quick) SIZE_MIB=16; PARALLEL=8; SMALL_N=100; shift ;;
     --ab) AB="$2"; shift 2 ;;
+    --turnaround) TURN="$2"; shift 2 ;;
     --old-bin) OLDBIN="$2"; shift 2 ;;
     --tests) AB_TESTS="$2"; shift 2 ;;
     --inside) INSIDE=1; shift ;;
@@ -133,17 +139,9 @@ fi
 chmod 644 "$ROOT"/*.bin
 cat "$ROOT/big.bin" > /dev/null   # page cache
 
-# --ab: interleaved lock-step rounds, all servers up at once.
-if [ "$AB" -gt 0 ]; then
-  [ "$SERVERS" = "pixie tftpd-hpa dnsmasq async-tftp" ] && SERVERS="pixie tftpd-hpa dnsmasq"
-  [ -n "$PXT_OLDBIN" ] && SERVERS="$SERVERS pixie-old"
-  AB_SIZE=$((64 * 1024 * 1024))
-  [ "$(stat -c %s "$ROOT/big.bin")" -ge "$AB_SIZE" ] || { echo "--ab needs --size-mib 64 or more" >&2; exit 2; }
-  head -c $((8 * 1024 * 1024)) "$ROOT/big.bin" > "$ROOT/ab8.bin"
-  head -c $((32 * 1024 * 1024)) "$ROOT/big.bin" > "$ROOT/ab32.bin"
-  head -c "$AB_SIZE" "$ROOT/big.bin" > "$ROOT/ab64.bin"
-  chmod 644 "$ROOT"/ab*.bin
-  declare -A PORT=([pixie]=6901 [pixie-old]=6902 [tftpd-hpa]=6903 [async-tftp]=6904 [dnsmasq]=69)
+# All servers at once, each on its own port (dnsmasq on 69); PIDs in AB_PIDS.
+declare -A PORT=([pixie]=6901 [pixie-old]=6902 [tftpd-hpa]=6903 [async-tftp]=6904 [dnsmasq]=69)
+start_all() {
   AB_PIDS=()
   for s in $SERVERS; do
     case "$s" in
@@ -159,6 +157,55 @@ if [ "$AB" -gt 0 ]; then
     AB_PIDS+=($!)
   done
   sleep 1
+}
+
+# --turnaround N: where a lock-step block's round trip goes. For each server in turn, N rounds,
+# tcpdump on lo records one curl download (8 MiB at blksize 512); from the capture: server
+# turnaround = ACK n on the wire -> DATA n+1 on the wire (loopback delivery, waking the server,
+# its work, its send), client turnaround = DATA n -> ACK n. Medians and 90th percentiles in
+# microseconds, per server, over every block of every round.
+if [ "$TURN" -gt 0 ]; then
+  [ "$SERVERS" = "pixie tftpd-hpa dnsmasq async-tftp" ] && SERVERS="pixie tftpd-hpa dnsmasq"
+  [ -n "$PXT_OLDBIN" ] && SERVERS="$SERVERS pixie-old"
+  command -v tcpdump > /dev/null || { echo "--turnaround needs tcpdump" >&2; exit 2; }
+  head -c $((8 * 1024 * 1024)) "$ROOT/big.bin" > "$ROOT/ab8.bin"; chmod 644 "$ROOT/ab8.bin"
+  start_all
+  echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), --turnaround $TURN" >&2
+  read -r -a SERVER_LIST <<< "$SERVERS"
+  NSERV=${#SERVER_LIST[@]}
+  : > "$OUT/turn.tsv"
+  for r in $(seq "$TURN"); do
+    ORDER=("${SERVER_LIST[@]:$(( (r - 1) % NSERV ))}" "${SERVER_LIST[@]:0:$(( (r - 1) % NSERV ))}")
+    for s in "${ORDER[@]}"; do
+      p=${PORT[$s]}
+      cap="$OUT/turn-$s-$r.pcap"
+      timeout 200 tcpdump -i lo -s 64 -B 65536 -U -w "$cap" udp > "$OUT/tcpdump.log" 2>&1 &
+      tpid=$!
+      sleep 0.5
+      a=$(date +%s.%N)
+      timeout 120 curl -s --tftp-blksize 512 -o /dev/null "tftp://127.0.0.1:$p/ab8.bin" || echo "$s: curl failed" >&2
+      b=$(date +%s.%N)
+      sleep 0.2; kill -INT "$tpid" 2>/dev/null; wait "$tpid" 2>/dev/null || true
+      printf '%s\t%s\t%s\t%s\n' "$r" "$s" "$cap" "$(python3 -c "print(f'{8*1024*1024/($b-$a)/1e6:.1f}')")" | tee -a "$OUT/turn.tsv" >&2
+    done
+  done
+  for p in "${AB_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  echo "# load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  python3 "$(dirname "$0")/turnaround.py" "$OUT/turn.tsv" "$SERVERS"
+  exit 0
+fi
+
+# --ab: interleaved lock-step rounds, all servers up at once.
+if [ "$AB" -gt 0 ]; then
+  [ "$SERVERS" = "pixie tftpd-hpa dnsmasq async-tftp" ] && SERVERS="pixie tftpd-hpa dnsmasq"
+  [ -n "$PXT_OLDBIN" ] && SERVERS="$SERVERS pixie-old"
+  AB_SIZE=$((64 * 1024 * 1024))
+  [ "$(stat -c %s "$ROOT/big.bin")" -ge "$AB_SIZE" ] || { echo "--ab needs --size-mib 64 or more" >&2; exit 2; }
+  head -c $((8 * 1024 * 1024)) "$ROOT/big.bin" > "$ROOT/ab8.bin"
+  head -c $((32 * 1024 * 1024)) "$ROOT/big.bin" > "$ROOT/ab32.bin"
+  head -c "$AB_SIZE" "$ROOT/big.bin" > "$ROOT/ab64.bin"
+  chmod 644 "$ROOT"/ab*.bin
+  start_all
   RES="$OUT/results-ab.tsv"
   : > "$RES"
   echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), --ab $AB" | tee "$OUT/header.txt" >&2

@@ -1,5 +1,7 @@
 //! Policy evaluation cost per request: the shipped `scripts/boot.rhai` (with `plugins/arch.rhai`)
 //! on typical DHCP requests. A plain timing loop (no criterion): `cargo bench --bench policy`.
+//! `PIXIE_BENCH_POLICY=DIR` measures the policy in DIR/scripts and DIR/plugins instead (e.g.
+//! `examples/per-arch`, the policy `bench/dhcp.sh` runs).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -10,7 +12,10 @@ use pixie::policy::{BootRequest, HwAddr, Phase, Policy};
 use pixie::wire::arch::Arch;
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = std::env::var_os("PIXIE_BENCH_POLICY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf());
+    let root = root.as_path();
     let policy = RhaiPolicy::load(RhaiConfig {
         scripts_dir: root.join("scripts"),
         plugins_dir: root.join("plugins"),
@@ -29,6 +34,7 @@ fn main() {
         r.server = Some("10.0.0.1".parse().unwrap());
         cases.push((name, r));
     }
+    println!("policy: {}", root.display());
     for (name, req) in &cases {
         for _ in 0..200 {
             black_box(policy.boot(req).unwrap());

@@ -21,9 +21,16 @@ pub const STANDARD_DHCP_PORT: u16 = 67;
 pub const STANDARD_PXE_PORT: u16 = 4011;
 /// TFTP.
 pub const STANDARD_TFTP_PORT: u16 = 69;
-/// Worker threads per DHCP listener unless `[dhcp] workers` says otherwise: enough that ACKs
-/// waiting for their group commit and a few slow policy calls leave workers free.
-pub const DEFAULT_DHCP_WORKERS: usize = 16;
+/// Worker threads per DHCP listener unless `[dhcp] workers` says otherwise: twice the CPUs,
+/// at least 4 and at most 64. No worker waits for a lease commit (the committing one sends the
+/// ACKs), so workers only need to cover the CPUs plus a few slow policy calls. More cost CPU:
+/// the kernel hands each datagram to the worker that has waited longest, so with many workers
+/// every request runs on a thread whose caches went cold (at 1,000 DORA/s on 2 CPUs, 16
+/// workers spent ~30 % more CPU per exchange than 4; bench/RESULTS-dhcp.md).
+pub fn default_dhcp_workers() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (2 * cpus).clamp(4, 64)
+}
 
 /// `pixie.toml` as written on disk.
 #[derive(Debug, Default, Deserialize)]
@@ -75,7 +82,7 @@ pub struct DhcpSection {
     pub decline_time: Option<u32>,
     /// Full mode: how long an offered address is held for the client, seconds (default 30).
     pub offer_time: Option<u32>,
-    /// Worker threads per DHCP listener: requests handled at once (default 16, 1..=256).
+    /// Worker threads per DHCP listener: requests handled at once (default [`default_dhcp_workers`], 1..=256).
     pub workers: Option<usize>,
     /// Full mode: `[[dhcp.subnet]]` tables.
     #[serde(default)]
@@ -416,7 +423,7 @@ impl Config {
             Some("") => return Err(err("policy.fallback", "empty; use \"ignore\" or a boot file name".into())),
             Some(file) => Decision::Boot(BootDecision { filename: Some(file.to_string()), ..Default::default() }),
         };
-        let dhcp_workers = f.dhcp.workers.unwrap_or(DEFAULT_DHCP_WORKERS);
+        let dhcp_workers = f.dhcp.workers.unwrap_or_else(default_dhcp_workers);
         if !(1..=256).contains(&dhcp_workers) {
             return Err(err("dhcp.workers", format!("{dhcp_workers} is outside 1..=256")));
         }

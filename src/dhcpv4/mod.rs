@@ -102,9 +102,10 @@ impl Drop for StopOnDrop {
 /// Serves one listener socket until `shutdown` is cancelled.
 ///
 /// `ctx.workers` threads block in `recv` on the socket (the kernel wakes one per datagram) and
-/// each handles its request to the end: parse, policy, lease, durable commit, reply. Nothing
-/// hops between threads on the way, which is where a DHCP server's CPU goes at high rates; a
-/// slow policy call or commit holds only its own worker while the others keep answering. When
+/// each handles its request to the end: parse, policy, lease, reply. Nothing hops between
+/// threads on the way, which is where a DHCP server's CPU goes at high rates. An ACK goes to
+/// the lease writer with its lease and is sent by whichever worker commits that lease, so only
+/// that one worker waits for the disk, and a slow policy call holds only its own worker. When
 /// every worker is busy, requests wait in the socket's receive buffer; what the kernel drops
 /// from a full buffer is counted in `overloaded`.
 pub async fn serve(
@@ -144,7 +145,7 @@ pub async fn serve(
 }
 
 /// One worker thread: receive, handle, repeat until `stop`.
-fn worker(sock: &SyncPktSocket, listener: Listener, ctx: &Context, stop: &AtomicBool) {
+fn worker(sock: &Arc<SyncPktSocket>, listener: Listener, ctx: &Context, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65_536];
     let local = sock.local_addr();
     while !stop.load(Ordering::Relaxed) {
@@ -206,7 +207,7 @@ pub(crate) fn our_ipv4(info: &PktInfo, sock: &SyncPktSocket, ctx: &Context) -> O
         .or(ctx.server_ip)
 }
 
-fn handle(sock: &SyncPktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4::Packet, from: SocketAddr, info: PktInfo) {
+fn handle(sock: &Arc<SyncPktSocket>, listener: Listener, ctx: &Context, pkt: dhcpv4::Packet, from: SocketAddr, info: PktInfo) {
     if let (Listener::Dhcp, Some(f)) = (listener, &ctx.full) {
         return full::handle(f, sock, ctx, pkt, from, info);
     }
@@ -264,17 +265,17 @@ fn handle(sock: &SyncPktSocket, listener: Listener, ctx: &Context, pkt: dhcpv4::
         interface = %iface.as_deref().unwrap_or("?"),
         "decision"
     );
-    send_reply(sock, ctx, &bytes, to, server_ip, info.ifindex);
+    send_reply(sock, &ctx.stats, &bytes, to, server_ip, info.ifindex);
 }
 
 /// Sends an encoded reply from `server_ip` out of interface `ifindex` and counts the outcome.
-pub(crate) fn send_reply(sock: &SyncPktSocket, ctx: &Context, bytes: &[u8], to: SocketAddr, server_ip: Ipv4Addr, ifindex: u32) {
+pub(crate) fn send_reply(sock: &SyncPktSocket, stats: &Stats, bytes: &[u8], to: SocketAddr, server_ip: Ipv4Addr, ifindex: u32) {
     match sock.send(bytes, to, Some(IpAddr::V4(server_ip)), ifindex) {
         Ok(_) => {
-            ctx.stats.answered.fetch_add(1, Ordering::Relaxed);
+            stats.answered.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {
-            ctx.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+            stats.send_errors.fetch_add(1, Ordering::Relaxed);
             warn!(%to, "sending the reply failed: {e}");
         }
     }

@@ -10,10 +10,10 @@
 //!   trait.
 //! - [`LeaseWriter`] — group commit without a thread of its own: the first caller to find no
 //!   commit running takes every queued write and commits them in one transaction (one fsync),
-//!   then answers each waiter. While one fsync is in flight the next batch queues up, so at
-//!   2,000 ACKs/s a commit carries several leases instead of costing one fsync each. The DHCP
-//!   worker waits for the answer before the ACK leaves: no ACK is ever sent for a lease that is
-//!   not on disk.
+//!   then runs each record's follow-up (the DHCP worker's: send the ACK). While one fsync is in
+//!   flight the next batch queues up, so at 2,000 ACKs/s a commit carries several leases
+//!   instead of costing one fsync each. An ACK is only ever sent by that follow-up, after its
+//!   transaction committed: no ACK leaves for a lease that is not on disk.
 //!
 //! Records are keyed by address: the table holds at most one row per address, so an address can
 //! never be recorded as held by two clients. A client that moves to another address has its
@@ -25,7 +25,8 @@ pub mod sqlite;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::policy::HwAddr;
@@ -131,12 +132,14 @@ pub const HOT_GAP: Duration = Duration::from_millis(4);
 /// waiting for each of its writes in turn gains nothing from waiting).
 const SKIP_AFTER_LONELY_GATHER: u32 = 16;
 
-type Done = Arc<OnceLock<Result<(), StoreError>>>;
+/// What runs once a submitted record's commit has finished, with its outcome: on the thread that
+/// committed it, right after the transaction (it sends the DHCPACK, or rolls the binding back).
+pub type OnDurable = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// The group commit's state, all behind one mutex.
 struct Queue {
-    pending: Vec<(Lease, Done)>,
-    /// A caller is committing a batch right now (the others wait on the condvar).
+    pending: Vec<(Lease, OnDurable)>,
+    /// A caller is committing right now: it takes whatever is queued when it is done.
     committing: bool,
     /// When the previous write arrived.
     last_arrival: Option<Instant>,
@@ -146,19 +149,18 @@ struct Queue {
 
 struct Shared {
     queue: Mutex<Queue>,
-    /// Signalled after every commit.
-    committed: Condvar,
     /// Only the committing caller touches the backend; the mutex only makes that visible.
     backend: Mutex<Box<dyn LeaseBackend>>,
 }
 
 /// The group-commit handle: cheap to clone, shared by the DHCP worker threads.
 ///
-/// Leader-based: a caller queues its record; if no commit is running it becomes the committer,
-/// takes everything queued (its own record and any that arrived meanwhile) and applies it in
-/// one transaction; callers that queue during that commit wait, and the first of them to wake
-/// commits the next batch. No thread hop sits between a request and its fsync, and a burst of
-/// ACKs shares one fsync.
+/// Leader-based, and nobody waits for a commit: [`LeaseWriter::submit`] queues a record with
+/// what to do once it is durable. A caller that finds no commit running becomes the committer:
+/// it takes everything queued, applies it in one transaction, runs each record's follow-up
+/// (sending its ACK), and repeats while records arrived meanwhile. The other DHCP workers queue
+/// their ACKs and go straight back to receiving, so only one thread at a time is held by the
+/// disk, a burst of ACKs shares one fsync, and no thread is woken per ACK.
 #[derive(Clone)]
 pub struct LeaseWriter {
     shared: Arc<Shared>,
@@ -176,71 +178,99 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str)).unwrap_or("panic")
+}
+
 impl LeaseWriter {
     /// Takes ownership of `backend`. (Kept fallible for backends that need a connection.)
     pub fn start(backend: Box<dyn LeaseBackend>) -> std::io::Result<LeaseWriter> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue { pending: Vec::new(), committing: false, last_arrival: None, skip_gather: 0 }),
-            committed: Condvar::new(),
             backend: Mutex::new(backend),
         });
         Ok(LeaseWriter { shared, stats: Arc::default() })
     }
 
-    /// Stores `lease` durably, blocking until it is (or the commit failed). Call from a thread
-    /// that may block (a DHCP worker), not from an async task.
-    pub fn write_blocking(&self, lease: Lease) -> Result<(), StoreError> {
+    /// Stores `lease` durably, then calls `then` with the outcome. Never waits for another
+    /// caller's commit: if one is running, the record joins the next batch and this returns at
+    /// once; otherwise this thread commits (and keeps committing what queues up meanwhile)
+    /// before it returns. `then` runs on whichever thread committed the record, after the
+    /// transaction, never under a lock. Call from a thread that may block (a DHCP worker).
+    pub fn submit(&self, lease: Lease, then: OnDurable) {
         let sh = &self.shared;
-        let done: Done = Arc::new(OnceLock::new());
         let now = Instant::now();
         let mut q = lock(&sh.queue);
-        let hot = q.last_arrival.is_some_and(|prev| now.saturating_duration_since(prev) < HOT_GAP);
+        let mut hot = q.last_arrival.is_some_and(|prev| now.saturating_duration_since(prev) < HOT_GAP);
         q.last_arrival = Some(now);
-        q.pending.push((lease, done.clone()));
+        q.pending.push((lease, then));
+        if q.committing {
+            return;
+        }
+        q.committing = true;
+        loop {
+            if q.skip_gather > 0 {
+                q.skip_gather -= 1;
+            } else if hot && q.pending.len() < MAX_BATCH {
+                // Writes are arriving close together: let the next ones join this commit.
+                let before = q.pending.len();
+                drop(q);
+                std::thread::sleep(COMMIT_GATHER);
+                q = lock(&sh.queue);
+                if q.pending.len() == before {
+                    q.skip_gather = SKIP_AFTER_LONELY_GATHER;
+                }
+            }
+            let n = q.pending.len().min(MAX_BATCH);
+            let batch: Vec<(Lease, OnDurable)> = q.pending.drain(..n).collect();
+            drop(q);
+            let (records, follow_ups): (Vec<Lease>, Vec<OnDurable>) = batch.into_iter().unzip();
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| lock(&sh.backend).apply(&records)))
+                .unwrap_or_else(|p| Err(StoreError(format!("the store panicked: {}", panic_message(&*p)))));
+            match &r {
+                Ok(()) => {
+                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    self.stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("committing {} lease(s) failed: {e}", records.len());
+                }
+            }
+            for then in follow_ups {
+                // A failing follow-up must not leave `committing` set: nothing would commit again.
+                let r = r.clone();
+                if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(move || then(r))) {
+                    tracing::error!("internal error after a lease commit (please report): {}", panic_message(&*p));
+                }
+            }
+            q = lock(&sh.queue);
+            if q.pending.is_empty() {
+                q.committing = false;
+                return;
+            }
+            // More records queued during this commit: they are the next batch.
+            hot = q.last_arrival.is_some_and(|prev| Instant::now().saturating_duration_since(prev) < HOT_GAP);
+        }
+    }
+
+    /// Stores `lease` durably, blocking until it is (or the commit failed). Call from a thread
+    /// that may block, not from an async task.
+    pub fn write_blocking(&self, lease: Lease) -> Result<(), StoreError> {
+        let done: Arc<OnceLock<Result<(), StoreError>>> = Arc::new(OnceLock::new());
+        let (set, me) = (done.clone(), std::thread::current());
+        self.submit(
+            lease,
+            Box::new(move |r| {
+                let _ = set.set(r);
+                me.unpark();
+            }),
+        );
         loop {
             if let Some(r) = done.get() {
                 return r.clone();
             }
-            if !q.committing {
-                q.committing = true;
-                if q.skip_gather > 0 {
-                    q.skip_gather -= 1;
-                } else if hot && q.pending.len() < MAX_BATCH {
-                    // Writes are arriving close together: let the next ones join this commit.
-                    let before = q.pending.len();
-                    drop(q);
-                    std::thread::sleep(COMMIT_GATHER);
-                    q = lock(&sh.queue);
-                    if q.pending.len() == before {
-                        q.skip_gather = SKIP_AFTER_LONELY_GATHER;
-                    }
-                }
-                let n = q.pending.len().min(MAX_BATCH);
-                let batch: Vec<(Lease, Done)> = q.pending.drain(..n).collect();
-                drop(q);
-                let (records, waiters): (Vec<Lease>, Vec<Done>) = batch.into_iter().unzip();
-                let r = lock(&sh.backend).apply(&records);
-                match &r {
-                    Ok(()) => {
-                        self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                        self.stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!("committing {} lease(s) failed: {e}", records.len());
-                    }
-                }
-                for w in waiters {
-                    let _ = w.set(r.clone());
-                }
-                q = lock(&sh.queue);
-                q.committing = false;
-                sh.committed.notify_all();
-                // Our record was in this batch unless more than MAX_BATCH were queued before
-                // it: then the loop commits the next batch.
-                continue;
-            }
-            q = sh.committed.wait(q).unwrap_or_else(|e| e.into_inner());
+            std::thread::park();
         }
     }
 
@@ -357,6 +387,93 @@ mod tests {
         mem.fail_next(false);
         w.write(lease(1, 1)).await.unwrap();
         assert_eq!(mem.rows().len(), 1);
+    }
+
+    /// A backend whose `apply` waits at a gate: the test decides when a commit may finish.
+    #[derive(Debug, Clone, Default)]
+    struct Gated {
+        /// (commits entered, commits allowed to finish)
+        gate: Arc<(Mutex<(u32, u32)>, std::sync::Condvar)>,
+        rows: Arc<Mutex<Vec<Lease>>>,
+    }
+
+    impl Gated {
+        fn wait_entered(&self, n: u32) {
+            let (m, cv) = &*self.gate;
+            let _g = cv.wait_while(lock(m), |(entered, _)| *entered < n).unwrap();
+        }
+        fn allow(&self, n: u32) {
+            let (m, cv) = &*self.gate;
+            lock(m).1 += n;
+            cv.notify_all();
+        }
+    }
+
+    impl LeaseBackend for Gated {
+        fn load(&mut self) -> Result<Vec<Lease>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn apply(&mut self, batch: &[Lease]) -> Result<(), StoreError> {
+            let (m, cv) = &*self.gate;
+            let mut g = lock(m);
+            g.0 += 1;
+            let me = g.0;
+            cv.notify_all();
+            let _g = cv.wait_while(g, |(_, allowed)| *allowed < me).unwrap();
+            lock(&self.rows).extend_from_slice(batch);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_submit_during_a_commit_returns_at_once_and_the_committer_sends_its_follow_up() {
+        let gated = Gated::default();
+        let w = LeaseWriter::start(Box::new(gated.clone())).unwrap();
+        let w1 = w.clone();
+        let committer = std::thread::spawn(move || {
+            w1.write_blocking(lease(1, 1)).unwrap();
+            std::thread::current().id()
+        });
+        gated.wait_entered(1);
+        // A commit is running: this queues and returns without waiting for any commit.
+        // What the follow-up saw: its result, the thread it ran on, the rows stored by then.
+        type Seen = (Result<(), StoreError>, std::thread::ThreadId, usize);
+        let ran: Arc<Mutex<Option<Seen>>> = Arc::default();
+        let (ran2, rows, w2) = (ran.clone(), gated.rows.clone(), w.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            w2.submit(
+                lease(2, 2),
+                Box::new(move |r| {
+                    // Runs after its own commit: the row is stored by then.
+                    let stored = lock(&rows).len();
+                    *lock(&ran2) = Some((r, std::thread::current().id(), stored));
+                }),
+            );
+            let _ = tx.send(());
+        });
+        // (A submit that waited for the gated commit would never return: fail, do not hang.)
+        rx.recv_timeout(std::time::Duration::from_secs(20)).expect("submit waited for the running commit");
+        assert!(lock(&ran).is_none(), "the follow-up ran before its commit");
+        assert!(lock(&gated.rows).is_empty());
+        // Let the first commit finish; the committer then commits the queued record as well.
+        gated.allow(2);
+        let committer_id = committer.join().unwrap();
+        let (r, on, stored) = lock(&ran).take().expect("the follow-up never ran");
+        r.unwrap();
+        assert_eq!(on, committer_id, "the follow-up runs on the committing thread");
+        assert_eq!(stored, 2);
+        assert_eq!(w.stats.commits.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_panicking_follow_up_does_not_stop_later_commits() {
+        let mem = memory::MemoryLeases::default();
+        let w = LeaseWriter::start(Box::new(mem.clone())).unwrap();
+        w.submit(lease(1, 1), Box::new(|_| panic!("follow-up bug")));
+        // Had the panic left `committing` set, this would queue forever.
+        w.write_blocking(lease(2, 2)).unwrap();
+        assert_eq!(mem.rows().len(), 2);
     }
 
     #[test]

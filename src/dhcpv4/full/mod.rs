@@ -5,9 +5,11 @@
 //! giaddr, else our address on the receiving interface) → work out the client's state from
 //! the message (RFC 2131 §4.3.2: SELECTING, INIT-REBOOT, RENEWING, REBINDING) → ask the policy
 //! (`phase` `discover`, `request` or `inform`; `()` means silence) → allocate or check the
-//! address in the [`alloc::LeaseTable`] → for an ACK, wait until the lease is durable
-//! ([`crate::leases::LeaseWriter`], group commit) → reply, to the relay, the client's address,
-//! a broadcast, or a unicast to the new address after setting its ARP entry (§4.1).
+//! address in the [`alloc::LeaseTable`] → reply, to the relay, the client's address, a
+//! broadcast, or a unicast to the new address after setting its ARP entry (§4.1). An ACK is
+//! handed to the [`crate::leases::LeaseWriter`] with its lease instead: it leaves once the
+//! lease is durable (group commit), sent by whichever worker committed it, while this worker
+//! goes back to receiving.
 //!
 //! The sans-IO parts ([`select_subnet`], [`client_state`], [`destination`], [`build`]) are
 //! plain functions tested below; [`handle`] strings them together with the socket, policy and
@@ -24,15 +26,15 @@ pub mod alloc;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use self::alloc::{AllocError, LeaseTable, SlotState};
-use super::{ask_policy, Context};
+use self::alloc::{AllocError, LeaseTable, SlotState, Undo};
+use super::{ask_policy, Context, Stats};
 use crate::config::{FullDhcp, Subnet};
-use crate::leases::{unix_now, LeaseBackend, LeaseWriter, StoreError};
+use crate::leases::{unix_now, Lease, LeaseBackend, LeaseWriter, StoreError};
 use crate::net::{ifname, PktInfo, SyncPktSocket};
 use crate::policy::{BootDecision, BootRequest, Decision, HwAddr, Phase};
 use crate::wire::dhcpv4::{opt, MessageType, Packet, Reply, OP_REQUEST};
@@ -305,8 +307,26 @@ struct Outgoing {
     yiaddr: Ipv4Addr,
 }
 
+/// An ACK that may only leave once its lease is durable.
+struct DurableAck {
+    out: Outgoing,
+    record: Lease,
+    /// Undoes the binding in memory if the lease cannot be stored.
+    undo: Undo,
+    lease_time: u32,
+    filename: String,
+}
+
+/// What a request gets.
+enum Answer {
+    /// This reply, now.
+    Now(Outgoing),
+    /// This ACK, after its lease is stored.
+    Durable(DurableAck),
+}
+
 /// Handles one request on the DHCP port in full mode.
-pub fn handle(full: &Full, sock: &SyncPktSocket, ctx: &Context, pkt: Packet, from: SocketAddr, info: PktInfo) {
+pub fn handle(full: &Arc<Full>, sock: &Arc<SyncPktSocket>, ctx: &Context, pkt: Packet, from: SocketAddr, info: PktInfo) {
     if pkt.op != OP_REQUEST {
         ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
         return;
@@ -332,7 +352,7 @@ pub fn handle(full: &Full, sock: &SyncPktSocket, ctx: &Context, pkt: Packet, fro
     };
     let subnet = &full.cfg.subnets[idx];
     let out = match mt {
-        MessageType::Discover => discover(full, ctx, &pkt, from, &info, idx, subnet, server_ip),
+        MessageType::Discover => discover(full, ctx, &pkt, from, &info, idx, subnet, server_ip).map(Answer::Now),
         MessageType::Request => request(full, ctx, &pkt, from, &info, idx, subnet, server_ip),
         MessageType::Decline => {
             decline(full, ctx, &pkt, server_ip);
@@ -342,15 +362,43 @@ pub fn handle(full: &Full, sock: &SyncPktSocket, ctx: &Context, pkt: Packet, fro
             release(full, ctx, &pkt, server_ip);
             None
         }
-        MessageType::Inform => inform(ctx, &pkt, from, &info, subnet, server_ip),
+        MessageType::Inform => inform(ctx, &pkt, from, &info, subnet, server_ip).map(Answer::Now),
         other => {
             ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
             debug!(%from, "ignoring {other:?}: not a client message");
             None
         }
     };
-    let Some(out) = out else { return };
-    send(sock, ctx, &pkt, out, from, &info, server_ip);
+    match out {
+        None => {}
+        Some(Answer::Now(out)) => {
+            let p = prepare(&pkt, out, from);
+            transmit(sock, &ctx.stats, p, &info, server_ip);
+        }
+        Some(Answer::Durable(a)) => {
+            let ip = a.out.yiaddr;
+            let p = prepare(&pkt, a.out, from);
+            let (full2, sock, stats, clients) = (full.clone(), sock.clone(), ctx.stats.clone(), ctx.clients.clone());
+            let (undo, lease_time, filename, mac) = (a.undo, a.lease_time, a.filename, a.record.mac.clone());
+            let span = tracing::Span::current();
+            full.writer.submit(
+                a.record,
+                Box::new(move |stored| {
+                    let _in_span = span.enter();
+                    if let Err(e) = stored {
+                        full2.lock().rollback(undo);
+                        stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                        error!(%ip, "not acknowledging: the lease could not be stored: {e}");
+                        return;
+                    }
+                    clients.record(IpAddr::V4(ip), mac);
+                    stats.acks.fetch_add(1, Ordering::Relaxed);
+                    info!(phase = "request", address = %ip, lease = lease_time, %filename, "decision: ack");
+                    transmit(&sock, &stats, p, &info, server_ip);
+                }),
+            );
+        }
+    }
 }
 
 fn decide(ctx: &Context, pkt: &Packet, phase: Phase, from: SocketAddr, info: &PktInfo, server_ip: Ipv4Addr) -> Option<BootDecision> {
@@ -438,7 +486,8 @@ fn request(
     _idx: usize,
     subnet: &Subnet,
     server_ip: Ipv4Addr,
-) -> Option<Outgoing> {
+) -> Option<Answer> {
+    let nak = |why: &str| nak(ctx, pkt, server_ip, why).map(Answer::Now);
     let broadcast = info.dst != info.local;
     let Some(state) = client_state(pkt, broadcast) else {
         ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
@@ -461,7 +510,7 @@ fn request(
         ClientState::InitReboot(ip) | ClientState::Renewing(ip) | ClientState::Rebinding(ip) => ip,
     };
     if !subnet.contains(requested) {
-        return nak(ctx, pkt, server_ip, &format!("{requested} is not on this network ({})", subnet.cidr()));
+        return nak(&format!("{requested} is not on this network ({})", subnet.cidr()));
     }
     let now = unix_now();
     let (held, known) = {
@@ -469,7 +518,7 @@ fn request(
         (t.held_by_other(requested, &client, now), t.is_clients(requested, &client))
     };
     if held {
-        return nak(ctx, pkt, server_ip, &format!("{requested} belongs to another client"));
+        return nak(&format!("{requested} belongs to another client"));
     }
     match state {
         // RFC 2131 §4.3.2: no record of this client → remain silent (another server may own
@@ -484,17 +533,17 @@ fn request(
             return ack(full, ctx, pkt, subnet, server_ip, requested, &client, d);
         }
         ClientState::Selecting { .. } if !known => {
-            return nak(ctx, pkt, server_ip, &format!("{requested} was not offered to this client"));
+            return nak(&format!("{requested} was not offered to this client"));
         }
         _ => {}
     }
     let d = decide(ctx, pkt, Phase::Request, from, info, server_ip)?;
     if let Some(p) = pinned(&d) {
         if p != requested {
-            return nak(ctx, pkt, server_ip, &format!("this client's address is {p}, not {requested}"));
+            return nak(&format!("this client's address is {p}, not {requested}"));
         }
     } else if !subnet.in_pool(requested) && !full.lock().is_clients(requested, &client) {
-        return nak(ctx, pkt, server_ip, &format!("{requested} is not in a pool"));
+        return nak(&format!("{requested} is not in a pool"));
     }
     ack(full, ctx, pkt, subnet, server_ip, requested, &client, d)
 }
@@ -513,34 +562,25 @@ fn ack(
     ip: Ipv4Addr,
     client: &[u8],
     d: BootDecision,
-) -> Option<Outgoing> {
+) -> Option<Answer> {
     let times = lease_times(subnet, &d);
     let mac = HwAddr(pkt.mac().to_vec());
     let bound = full.lock().bind(ip, client, &mac, pkt.hostname(), times.0, unix_now());
     let Ok((record, undo)) = bound else {
-        return nak(ctx, pkt, server_ip, &format!("{ip} belongs to another client"));
+        return nak(ctx, pkt, server_ip, &format!("{ip} belongs to another client")).map(Answer::Now);
     };
-    // Durable before the ACK leaves. The writer batches concurrent ACKs into one fsync.
-    if let Err(e) = full.writer.write_blocking(record) {
-        full.lock().rollback(undo);
-        ctx.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-        error!(%ip, "not acknowledging: the lease could not be stored: {e}");
-        return None;
-    }
-    ctx.clients.record(IpAddr::V4(ip), mac);
     let (reply, warnings) = build(pkt, MessageType::Ack, Phase::Request, subnet, server_ip, ip, Some(times), &d);
     for w in warnings {
         warn!("{w}");
     }
-    ctx.stats.acks.fetch_add(1, Ordering::Relaxed);
-    info!(
-        phase = "request",
-        address = %ip,
-        lease = times.0,
-        filename = %d.filename.as_deref().unwrap_or(""),
-        "decision: ack"
-    );
-    Some(Outgoing { reply, mt: MessageType::Ack, yiaddr: ip })
+    // Durable before the ACK leaves: the lease writer sends it after the commit.
+    Some(Answer::Durable(DurableAck {
+        out: Outgoing { reply, mt: MessageType::Ack, yiaddr: ip },
+        record,
+        undo,
+        lease_time: times.0,
+        filename: d.filename.unwrap_or_default(),
+    }))
 }
 
 fn decline(full: &Full, ctx: &Context, pkt: &Packet, server_ip: Ipv4Addr) {
@@ -592,23 +632,37 @@ fn inform(ctx: &Context, pkt: &Packet, from: SocketAddr, info: &PktInfo, subnet:
     Some(Outgoing { reply, mt: MessageType::Ack, yiaddr: Ipv4Addr::UNSPECIFIED })
 }
 
-fn send(sock: &SyncPktSocket, ctx: &Context, pkt: &Packet, out: Outgoing, from: SocketAddr, info: &PktInfo, server_ip: Ipv4Addr) {
+/// A reply ready to go: its bytes and where to.
+struct Prepared {
+    bytes: Vec<u8>,
+    dest: Dest,
+    yiaddr: Ipv4Addr,
+    /// The client's hardware address, for the ARP entry of [`Dest::UnicastNew`].
+    chaddr: Vec<u8>,
+}
+
+fn prepare(pkt: &Packet, out: Outgoing, from: SocketAddr) -> Prepared {
     let (bytes, dropped) = out.reply.encode();
     if !dropped.is_empty() {
         warn!(?dropped, max = out.reply.max_len, "options did not fit the client's maximum message size");
     }
+    let dest = destination(pkt, out.mt, out.yiaddr, from);
+    Prepared { bytes, dest, yiaddr: out.yiaddr, chaddr: pkt.mac().to_vec() }
+}
+
+fn transmit(sock: &SyncPktSocket, stats: &Stats, p: Prepared, info: &PktInfo, server_ip: Ipv4Addr) {
     let bcast = |port: u16| SocketAddr::new(IpAddr::V4(Ipv4Addr::BROADCAST), port);
-    let to = match destination(pkt, out.mt, out.yiaddr, from) {
+    let to = match p.dest {
         Dest::Unicast(a) => a,
         Dest::Broadcast(port) => bcast(port),
         Dest::UnicastNew(a) => {
             // The client has no address yet and cannot answer ARP: tell the kernel its MAC on
             // the receiving interface (only there), else fall back to a broadcast.
             match ifname(info.ifindex) {
-                Some(dev) => match crate::net::set_arp_entry(sock.raw_fd(), &dev, out.yiaddr, pkt.mac()) {
+                Some(dev) => match crate::net::set_arp_entry(sock.raw_fd(), &dev, p.yiaddr, &p.chaddr) {
                     Ok(()) => a,
                     Err(e) => {
-                        debug!(%dev, "cannot set the ARP entry for {} ({e}); broadcasting instead", out.yiaddr);
+                        debug!(%dev, "cannot set the ARP entry for {} ({e}); broadcasting instead", p.yiaddr);
                         bcast(a.port())
                     }
                 },
@@ -620,7 +674,7 @@ fn send(sock: &SyncPktSocket, ctx: &Context, pkt: &Packet, out: Outgoing, from: 
         warn!("cannot broadcast a reply: the request's interface is unknown");
         return;
     }
-    super::send_reply(sock, ctx, &bytes, to, server_ip, info.ifindex);
+    super::send_reply(sock, stats, &p.bytes, to, server_ip, info.ifindex);
 }
 
 /// The state of an address in memory, for tests and status.
