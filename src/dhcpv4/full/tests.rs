@@ -1,4 +1,5 @@
-//! Sans-IO tests: subnet choice, client states, destinations and reply contents.
+//! Sans-IO tests (subnet choice, client states, destinations, reply contents) and one over
+//! loopback: a lease the store cannot take gets no ACK.
 
 use std::collections::BTreeMap;
 
@@ -145,4 +146,66 @@ fn relayed_nak_sets_the_broadcast_bit() {
     assert!(b.broadcast());
     assert_eq!(b.yiaddr, Ipv4Addr::UNSPECIFIED);
     assert_eq!(b.option(56), Some(&b"no"[..]));
+}
+
+/// A relayed request from `mac`'s client with `opts` (giaddr 10.9.9.1, the test's subnet).
+fn relayed(mt: u8, opts: &[u8]) -> Packet {
+    req(mt, Z, [10, 9, 9, 1], 0, opts)
+}
+
+#[tokio::test]
+async fn a_lease_that_cannot_be_stored_gets_no_ack_and_its_binding_is_undone() {
+    use crate::leases::memory::MemoryLeases;
+    use crate::net::{bind_udp, BindOptions};
+    use crate::policy::FnPolicy;
+
+    let store = MemoryLeases::default();
+    let cfg = FullDhcp { subnets: vec![subnet([10, 9, 9])], decline_time: 600, offer_time: 30 };
+    let full = Arc::new(Full::open(cfg, Box::new(store.clone())).unwrap());
+    let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let sock = Arc::new(bind_udp(lo(0), &BindOptions::default()).unwrap().into_blocking(Duration::from_millis(50)).unwrap());
+    // The relay: replies to a relayed request go back to where it came from.
+    let relay = std::net::UdpSocket::bind(lo(0)).unwrap();
+    relay.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let boot = |_: &BootRequest| Ok(Decision::Boot(BootDecision { filename: Some("x.efi".into()), ..Default::default() }));
+    let ctx = Context {
+        policy: Arc::new(FnPolicy(boot)),
+        fallback: Decision::Ignore,
+        slow_policy: Duration::from_secs(1),
+        server_ip: None,
+        clients: Default::default(),
+        stats: Arc::default(),
+        workers: 1,
+        full: Some(full.clone()),
+    };
+    let info = PktInfo { dst: IpAddr::V4(Ipv4Addr::LOCALHOST), local: IpAddr::V4(Ipv4Addr::LOCALHOST), ifindex: 1 };
+    let from = relay.local_addr().unwrap();
+    let answer = |pkt: Packet| -> Option<Packet> {
+        handle(&full, &sock, &ctx, pkt, from, info);
+        let mut buf = [0u8; 1500];
+        relay.recv(&mut buf).ok().map(|n| parse(&buf[..n]).unwrap())
+    };
+
+    let offer = answer(relayed(1, &[])).expect("no OFFER");
+    assert_eq!(offer.message_type(), Some(MessageType::Offer));
+    let ip = offer.yiaddr;
+    let mut opts = vec![54, 4, 127, 0, 0, 1, 50, 4];
+    opts.extend_from_slice(&ip.octets());
+
+    // The store fails: no ACK, the failure is counted, the address is not left bound.
+    store.fail_next(true);
+    assert!(answer(relayed(3, &opts)).is_none(), "an ACK left without a stored lease");
+    assert_eq!(ctx.stats.store_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(ctx.stats.acks.load(Ordering::Relaxed), 0);
+    assert_ne!(slot_state(&full, ip), Some(SlotState::Bound));
+    assert!(store.rows().is_empty());
+
+    // The client retries once the store works again: acknowledged, and stored before that.
+    store.fail_next(false);
+    let ack = answer(relayed(3, &opts)).expect("no ACK after the store recovered");
+    assert_eq!(ack.message_type(), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr, ip);
+    assert_eq!(slot_state(&full, ip), Some(SlotState::Bound));
+    assert_eq!(store.rows().iter().map(|l| l.ip).collect::<Vec<_>>(), vec![ip]);
+    assert_eq!(ctx.stats.acks.load(Ordering::Relaxed), 1);
 }
