@@ -213,6 +213,8 @@ pub struct TftpSection {
     pub max_blksize: Option<u16>,
     /// Largest window × block size in flight, bytes.
     pub max_window_bytes: Option<usize>,
+    /// Microseconds a lock-step transfer polls for the next ACK before sleeping (0: never).
+    pub busy_poll_us: Option<u64>,
 }
 
 /// `[policy]`.
@@ -287,6 +289,8 @@ pub struct Config {
     pub tftp_max_blksize: u16,
     /// TFTP window bytes cap.
     pub tftp_max_window_bytes: usize,
+    /// `[tftp] busy_poll_us`.
+    pub tftp_busy_poll: std::time::Duration,
     /// Scripts folder.
     pub scripts: PathBuf,
     /// Plugins folder.
@@ -427,6 +431,11 @@ impl Config {
         if !(1..=256).contains(&dhcp_workers) {
             return Err(err("dhcp.workers", format!("{dhcp_workers} is outside 1..=256")));
         }
+        let busy_poll_us = f.tftp.busy_poll_us.unwrap_or(crate::tftp::DEFAULT_BUSY_POLL.as_micros() as u64);
+        if busy_poll_us > 1000 {
+            return Err(err("tftp.busy_poll_us", format!("{busy_poll_us} is over 1000 (a millisecond); 0 turns polling off")));
+        }
+        let tftp_busy_poll = std::time::Duration::from_micros(busy_poll_us);
         let deadline_ms = f.policy.deadline_ms.unwrap_or(100);
         if !(1..=10_000).contains(&deadline_ms) {
             return Err(err("policy.deadline_ms", format!("{deadline_ms} is outside 1..=10000")));
@@ -447,6 +456,7 @@ impl Config {
             tftp_max_per_client: f.tftp.max_per_client.unwrap_or(8).max(1),
             tftp_max_blksize: max_blksize,
             tftp_max_window_bytes: f.tftp.max_window_bytes.unwrap_or(64 * 1024).max(512),
+            tftp_busy_poll,
             scripts: ov.scripts.clone().unwrap_or_else(|| resolve(f.policy.scripts.unwrap_or("scripts".into()))),
             plugins: ov.plugins.clone().unwrap_or_else(|| resolve(f.policy.plugins.unwrap_or("plugins".into()))),
             fallback,
@@ -713,6 +723,10 @@ mod tests {
         assert!(e.contains("server.listen"), "{e}");
         let e = parse("[tftp]\nmax_blksize = 7\n").unwrap_err().to_string();
         assert!(e.contains("tftp.max_blksize"), "{e}");
+        let e = parse("[tftp]\nbusy_poll_us = 5000\n").unwrap_err().to_string();
+        assert!(e.contains("tftp.busy_poll_us") && e.contains("0 turns"), "{e}");
+        assert_eq!(parse("[tftp]\nbusy_poll_us = 0\n").unwrap().tftp_busy_poll, std::time::Duration::ZERO);
+        assert_eq!(parse("").unwrap().tftp_busy_poll, crate::tftp::DEFAULT_BUSY_POLL);
     }
 
     #[test]

@@ -167,6 +167,7 @@ impl Server {
             max_per_client: cfg.tftp_max_per_client,
             max_blksize: cfg.tftp_max_blksize,
             max_window_bytes: cfg.tftp_max_window_bytes,
+            busy_poll: cfg.tftp_busy_poll,
             ..TftpConfig::default()
         };
         let mut tasks: JoinSet<(String, std::io::Result<()>)> = JoinSet::new();

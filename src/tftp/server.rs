@@ -74,6 +74,8 @@ struct Shared {
     device: Option<Vec<u8>>,
     /// The listener's port (for [`FileRequest::local`]).
     port: u16,
+    /// Lock-step transfer threads running now (busy-polling is for when there are few).
+    lockstep_active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Serves TFTP read requests arriving on `socket` until `shutdown` is cancelled; then cancels the
@@ -92,7 +94,16 @@ pub async fn serve(
     let device = SockRef::from(socket.inner()).device().ok().flatten();
     let port = socket.local_addr()?.port();
     info!(addr = %socket.local_addr()?, root = %root.path().display(), "TFTP server listening");
-    let shared = Arc::new(Shared { cfg, root, policy, clients, device, port, mtu_cache: Default::default() });
+    let shared = Arc::new(Shared {
+        cfg,
+        root,
+        policy,
+        clients,
+        device,
+        port,
+        mtu_cache: Default::default(),
+        lockstep_active: Default::default(),
+    });
     let mut listener = Listener {
         socket,
         shared,
@@ -557,13 +568,16 @@ impl Job {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let cancel = self.cancel.clone();
         let span = tracing::Span::current();
+        let (active, budget) = (self.shared.lockstep_active.clone(), self.shared.cfg.busy_poll);
         let spawned = std::thread::Builder::new()
             .name("tftp-lockstep".into())
             .stack_size(LOCKSTEP_THREAD_STACK)
             .spawn(move || {
                 let _in_span = span.enter();
                 if let Ok((sock, mut t)) = job_rx.recv() {
-                    run_lockstep(&sock, &mut t, &cancel);
+                    let _running = Running::count(&active);
+                    let mut poll = BusyPoll::new(budget, &active);
+                    run_lockstep(&sock, &mut t, &cancel, &mut poll);
                     let _ = done_tx.send(t);
                 }
             });
@@ -605,9 +619,107 @@ const LOCKSTEP_THREAD_STACK: usize = 256 * 1024;
 /// retransmission deadline again.
 const LOCKSTEP_POLL: std::time::Duration = std::time::Duration::from_millis(25);
 
+/// Counts a running lock-step thread in `active` while it lives.
+struct Running<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn count(active: &'a std::sync::atomic::AtomicUsize) -> Running<'a> {
+        active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Running(active)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Misses in a row (no ACK within the budget) that stop a transfer's busy-polling.
+const BUSY_POLL_MISSES: u32 = 3;
+/// ACKs in a row that arrived within the budget while sleeping that start it again.
+const BUSY_POLL_HITS: u32 = 16;
+
+/// Adaptive busy-polling for a lock-step transfer's next ACK ([`TftpConfig::busy_poll`]).
+///
+/// A lock-step block costs one round trip, and when the client answers within microseconds (a
+/// VM on this host, loopback) putting the thread to sleep and waking it again is a large part of
+/// it. So after a send the thread polls its socket for up to the budget before it sleeps, but
+/// only while it pays: a transfer stops polling after [`BUSY_POLL_MISSES`] ACKs in a row missed
+/// the budget (firmware on a real network answers in hundreds of microseconds), and starts
+/// again after [`BUSY_POLL_HITS`] ACKs in a row that would have been caught. Only while at most
+/// half the CPUs' worth of lock-step transfers run (at least one) does anyone poll, so a busy
+/// server never spends a CPU waiting.
+struct BusyPoll<'a> {
+    budget: std::time::Duration,
+    /// Lock-step threads running now, of this server.
+    active: &'a std::sync::atomic::AtomicUsize,
+    /// Most lock-step threads running at once for which polling is allowed.
+    max_active: usize,
+    on: bool,
+    misses: u32,
+    hits: u32,
+}
+
+impl<'a> BusyPoll<'a> {
+    fn new(budget: std::time::Duration, active: &'a std::sync::atomic::AtomicUsize) -> BusyPoll<'a> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        BusyPoll { budget, active, max_active: (cpus / 2).max(1), on: !budget.is_zero(), misses: 0, hits: 0 }
+    }
+
+    /// Polls `sock` for a datagram for up to the budget, if polling is on and allowed now.
+    /// `Some(len)` when one arrived; `None`: the caller sleeps in `recv` as usual.
+    fn poll(&mut self, sock: &std::net::UdpSocket, buf: &mut [u8]) -> Option<usize> {
+        if !self.on || self.active.load(std::sync::atomic::Ordering::Relaxed) > self.max_active {
+            return None;
+        }
+        let until = Instant::now() + self.budget;
+        loop {
+            // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call, and the
+            // descriptor belongs to `sock`, which outlives it.
+            let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                self.misses = 0;
+                return Some(n as usize);
+            }
+            if io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+                // ICMP "port unreachable" and the like: the blocking `recv` reports it.
+                return None;
+            }
+            if Instant::now() >= until {
+                self.misses += 1;
+                if self.misses >= BUSY_POLL_MISSES {
+                    self.on = false;
+                    self.hits = 0;
+                }
+                return None;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Tells a transfer that is not polling how long the client took to answer (from our send to
+    /// its ACK waking us): enough fast answers in a row turn polling back on.
+    fn observe(&mut self, answered_in: std::time::Duration) {
+        if self.on || self.budget.is_zero() {
+            return;
+        }
+        if answered_in <= self.budget {
+            self.hits += 1;
+            if self.hits >= BUSY_POLL_HITS {
+                self.on = true;
+                self.misses = 0;
+            }
+        } else {
+            self.hits = 0;
+        }
+    }
+}
+
 /// The blocking twin of the runtime's loop for windowsize 1: send what the state machine has,
-/// then block in `recv` (at most [`LOCKSTEP_POLL`]) for the ACK.
-fn run_lockstep(sock: &std::net::UdpSocket, t: &mut Transfer, cancel: &CancellationToken) {
+/// then wait for the ACK: busy-polling first if `poll` says it pays, then blocking in `recv`
+/// (at most [`LOCKSTEP_POLL`]).
+fn run_lockstep(sock: &std::net::UdpSocket, t: &mut Transfer, cancel: &CancellationToken, poll: &mut BusyPoll<'_>) {
     if let Err(e) = sock.set_nonblocking(false).and_then(|()| sock.set_read_timeout(Some(LOCKSTEP_POLL))) {
         warn!("cannot make the transfer socket blocking: {e}");
         t.abandon(Failure::Read(e.to_string()));
@@ -630,10 +742,21 @@ fn run_lockstep(sock: &std::net::UdpSocket, t: &mut Transfer, cancel: &Cancellat
             t.cancel();
             continue;
         }
+        let sent = Instant::now();
         // Read the next block while the client handles this one: when its ACK arrives, the
         // next block is ready and goes out at once (tftpd-hpa's double buffer).
         t.read_ahead();
-        match sock.recv(&mut buf) {
+        let received = match poll.poll(sock, &mut buf) {
+            Some(n) => Ok(n),
+            None => {
+                let r = sock.recv(&mut buf);
+                if r.is_ok() {
+                    poll.observe(sent.elapsed());
+                }
+                r
+            }
+        };
+        match received {
             Ok(n) => {
                 let now = Instant::now();
                 t.on_packet(&buf[..n], now);
@@ -758,4 +881,84 @@ fn is_link_local(a: &Ipv6Addr) -> bool {
 fn interface_mtu(ifindex: u32) -> Option<u32> {
     let name = crate::net::ifname(ifindex)?;
     std::fs::read_to_string(format!("/sys/class/net/{name}/mtu")).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod busy_poll_tests {
+    use std::net::UdpSocket;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::{BusyPoll, BUSY_POLL_HITS, BUSY_POLL_MISSES};
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.connect(b.local_addr().unwrap()).unwrap();
+        b.connect(a.local_addr().unwrap()).unwrap();
+        (a, b)
+    }
+
+    /// Waits until `sock` has a datagram queued (without taking it).
+    fn queued(sock: &UdpSocket) {
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        sock.peek(&mut [0u8; 8]).unwrap();
+    }
+
+    #[test]
+    fn a_waiting_ack_is_taken_by_polling() {
+        let (server, client) = pair();
+        let active = AtomicUsize::new(1);
+        let mut p = BusyPoll::new(Duration::from_micros(200), &active);
+        client.send(b"ack1").unwrap();
+        queued(&server);
+        let mut buf = [0u8; 16];
+        assert_eq!(p.poll(&server, &mut buf), Some(4));
+        assert_eq!(&buf[..4], b"ack1");
+    }
+
+    #[test]
+    fn slow_clients_turn_polling_off_and_fast_ones_back_on() {
+        let (server, _client) = pair();
+        let active = AtomicUsize::new(1);
+        let budget = Duration::from_micros(100);
+        let mut p = BusyPoll::new(budget, &active);
+        let mut buf = [0u8; 16];
+        for _ in 0..BUSY_POLL_MISSES {
+            assert!(p.on);
+            assert_eq!(p.poll(&server, &mut buf), None);
+        }
+        assert!(!p.on, "still polling after {BUSY_POLL_MISSES} misses in a row");
+        // Off: answers slower than the budget keep it off, a run of fast ones turns it on.
+        p.observe(budget * 10);
+        for _ in 0..BUSY_POLL_HITS - 1 {
+            p.observe(budget / 2);
+        }
+        p.observe(budget * 10);
+        for _ in 0..BUSY_POLL_HITS - 1 {
+            p.observe(budget / 2);
+        }
+        assert!(!p.on, "an interrupted run of fast answers turned polling on");
+        p.observe(budget / 2);
+        assert!(p.on);
+    }
+
+    #[test]
+    fn no_polling_when_disabled_or_when_many_transfers_run() {
+        let (server, client) = pair();
+        let mut buf = [0u8; 16];
+        client.send(b"ack").unwrap();
+        queued(&server);
+        // Disabled: never polls, even with a datagram waiting (the blocking recv takes it).
+        let one = AtomicUsize::new(1);
+        let mut off = BusyPoll::new(Duration::ZERO, &one);
+        assert_eq!(off.poll(&server, &mut buf), None);
+        off.observe(Duration::ZERO);
+        assert!(!off.on);
+        // Too many lock-step transfers at once: nobody polls.
+        let many = AtomicUsize::new(usize::MAX);
+        let mut busy = BusyPoll::new(Duration::from_micros(200), &many);
+        assert_eq!(busy.poll(&server, &mut buf), None);
+        assert!(busy.on, "being crowded out is not a miss");
+    }
 }
