@@ -13,10 +13,11 @@
 # their own ports (dnsmasq on 69) and every test goes to each server in turn, N rounds
 # (A/B/A/B), so that load changes on a shared box hit every server alike. Tests: curl at
 # blksize 512 (8 MiB), 1468 (32 MiB), 8192 and 65464 (64 MiB), tftp-hpa (8 MiB), and 20
-# parallel curls at 1468 (20 x 32 MiB, aggregate). Prints medians, all runs, and ratios to
+# parallel curls at 1468 (20 x 32 MiB, aggregate), and small (--small-n sequential 4 KiB
+# downloads by one curl process, requests/s). Prints medians, all runs, and ratios to
 # tftpd-hpa. --old-bin adds a second pixie build as server "pixie-old". --tests runs only
 # some of them (names as in the table: curl-512 curl-1468 curl-8192 curl-65464 tftp-hpa
-# parallel20). The order of the servers rotates by one every round; a second table gives the
+# parallel20 small). The order of the servers rotates by one every round; a second table gives the
 # median over rounds of each round's own ratio (less sensitive to load changing between rounds).
 #
 # --turnaround N: splits a lock-step round trip into the server's and the client's part, from a
@@ -51,7 +52,7 @@ WINDOWS="1 16 64"
 AB=0
 TURN=0
 OLDBIN=""
-AB_TESTS="curl-512 curl-1468 curl-8192 curl-65464 tftp-hpa parallel20"
+AB_TESTS="curl-512 curl-1468 curl-8192 curl-65464 tftp-hpa parallel20 small"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
@@ -205,6 +206,14 @@ if [ "$AB" -gt 0 ]; then
   head -c $((32 * 1024 * 1024)) "$ROOT/big.bin" > "$ROOT/ab32.bin"
   head -c "$AB_SIZE" "$ROOT/big.bin" > "$ROOT/ab64.bin"
   chmod 644 "$ROOT"/ab*.bin
+  [ -f "$ROOT/small.bin" ] || head -c 4096 /dev/urandom > "$ROOT/small.bin"
+  chmod 644 "$ROOT/small.bin"
+  for s in $SERVERS; do
+    : > "$OUT/small-$s.curlrc"
+    for _ in $(seq "$SMALL_N"); do
+      printf 'url = "tftp://127.0.0.1:%s/small.bin"\noutput = "/dev/null"\n' "${PORT[$s]}" >> "$OUT/small-$s.curlrc"
+    done
+  done
   start_all
   RES="$OUT/results-ab.tsv"
   : > "$RES"
@@ -226,10 +235,16 @@ if [ "$AB" -gt 0 ]; then
           parallel20) f=ab32.bin
             cmd=(bash -c 'pids=(); for i in $(seq 20); do timeout 280 curl -s --tftp-blksize 1468 -o /dev/null "$0" & pids+=($!); done
                           ok=0; for x in "${pids[@]}"; do wait "$x" || ok=1; done; exit $ok' "tftp://127.0.0.1:$p/$f") ;;
+          small) f=small.bin; cmd=(curl -s -K "$OUT/small-$s.curlrc") ;;
+          *) echo "unknown test $t" >&2; exit 2 ;;
         esac
         sz=$(stat -c %s "$ROOT/$f"); [ "$t" = parallel20 ] && sz=$((sz * 20))
         a=$(date +%s.%N); timeout 300 "${cmd[@]}" > /dev/null 2>&1; rc=$?; b=$(date +%s.%N)
-        v=$(python3 -c "print(f'{$sz/($b-$a)/1e6:.1f}' if $rc==0 else 'nan')")
+        if [ "$t" = small ]; then
+          v=$(python3 -c "print(f'{$SMALL_N/($b-$a):.0f}' if $rc==0 else 'nan')")
+        else
+          v=$(python3 -c "print(f'{$sz/($b-$a)/1e6:.1f}' if $rc==0 else 'nan')")
+        fi
         printf '%s\t%s\t%s\t%s\n' "$r" "$t" "$s" "$v" | tee -a "$RES" >&2
       done
     done
@@ -250,7 +265,7 @@ for line in open(sys.argv[1]):
         per_round[(t, int(r))][s] = float(v)
 servers = sys.argv[2].split()
 others = [s for s in servers if s != "tftpd-hpa"]
-print("| test (MB/s) | " + " | ".join(servers) + " | " + " | ".join(f"{s}/tftpd-hpa" for s in others) + " |")
+print("| test (MB/s; small: requests/s) | " + " | ".join(servers) + " | " + " | ".join(f"{s}/tftpd-hpa" for s in others) + " |")
 print("|" + "---|" * (1 + len(servers) + len(others)))
 for t in tests:
     med = {s: statistics.median(d[(t, s)]) if d[(t, s)] else float("nan") for s in servers}

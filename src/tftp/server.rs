@@ -74,7 +74,8 @@ struct Shared {
     device: Option<Vec<u8>>,
     /// The listener's port (for [`FileRequest::local`]).
     port: u16,
-    /// Lock-step transfer threads running now (busy-polling is for when there are few).
+    /// Lock-step transfers running now, on threads and on the runtime (busy-polling is for when
+    /// there are few).
     lockstep_active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -499,6 +500,11 @@ impl Job {
         // the route refuses it (no checksum offload, blksize above the path MTU), fall back to
         // one send per packet for the rest of the transfer.
         let mut gso = cfg.udp_gso && t.windowsize() > 1;
+        // Lock-step on the runtime (short files): the same busy-polling as on a thread, so that
+        // a quick client's ACK is taken without a trip through epoll and the scheduler.
+        let lockstep = t.windowsize() == 1;
+        let _running = lockstep.then(|| Running::count(&self.shared.lockstep_active));
+        let mut poll = BusyPoll::new(if lockstep { cfg.busy_poll } else { std::time::Duration::ZERO }, &self.shared.lockstep_active);
         loop {
             loop {
                 let max_segments = if gso { GSO_MAX_SEGMENTS } else { 1 };
@@ -529,13 +535,28 @@ impl Job {
             if !t.is_running() {
                 break;
             }
+            let sent = Instant::now();
             // Read the block after the window now, not after the ACK that makes it due.
             t.read_ahead();
+            if self.cancel.is_cancelled() {
+                t.cancel();
+                continue;
+            }
+            if let Some(n) = poll.poll(sock.as_raw_fd(), &mut buf) {
+                let now = Instant::now();
+                t.on_packet(&buf[..n], now);
+                // A stream of duplicate ACKs must not hold off the retransmission timer.
+                t.on_timeout(now);
+                continue;
+            }
             tokio::select! {
                 biased;
                 _ = &mut cancelled => t.cancel(),
                 r = sock.recv(&mut buf) => match r {
-                    Ok(n) => t.on_packet(&buf[..n], Instant::now()),
+                    Ok(n) => {
+                        poll.observe(sent.elapsed());
+                        t.on_packet(&buf[..n], Instant::now())
+                    }
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => t.abandon(Failure::Unreachable),
                     Err(e) => debug!("receive failed: {e}"),
                 },
@@ -669,15 +690,16 @@ impl<'a> BusyPoll<'a> {
 
     /// Polls `sock` for a datagram for up to the budget, if polling is on and allowed now.
     /// `Some(len)` when one arrived; `None`: the caller sleeps in `recv` as usual.
-    fn poll(&mut self, sock: &std::net::UdpSocket, buf: &mut [u8]) -> Option<usize> {
+    fn poll(&mut self, fd: std::os::fd::RawFd, buf: &mut [u8]) -> Option<usize> {
         if !self.on || self.active.load(std::sync::atomic::Ordering::Relaxed) > self.max_active {
             return None;
         }
         let until = Instant::now() + self.budget;
         loop {
             // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call, and the
-            // descriptor belongs to `sock`, which outlives it.
-            let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            // caller's socket owns `fd` for at least as long. (Reading past tokio's readiness
+            // tracking is fine: its next `recv` finds the queue empty and waits for readiness.)
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n >= 0 {
                 self.misses = 0;
                 return Some(n as usize);
@@ -746,7 +768,7 @@ fn run_lockstep(sock: &std::net::UdpSocket, t: &mut Transfer, cancel: &Cancellat
         // Read the next block while the client handles this one: when its ACK arrives, the
         // next block is ready and goes out at once (tftpd-hpa's double buffer).
         t.read_ahead();
-        let received = match poll.poll(sock, &mut buf) {
+        let received = match poll.poll(sock.as_raw_fd(), &mut buf) {
             Some(n) => Ok(n),
             None => {
                 let r = sock.recv(&mut buf);
@@ -886,6 +908,7 @@ fn interface_mtu(ifindex: u32) -> Option<u32> {
 #[cfg(test)]
 mod busy_poll_tests {
     use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
@@ -913,7 +936,7 @@ mod busy_poll_tests {
         client.send(b"ack1").unwrap();
         queued(&server);
         let mut buf = [0u8; 16];
-        assert_eq!(p.poll(&server, &mut buf), Some(4));
+        assert_eq!(p.poll(server.as_raw_fd(), &mut buf), Some(4));
         assert_eq!(&buf[..4], b"ack1");
     }
 
@@ -926,7 +949,7 @@ mod busy_poll_tests {
         let mut buf = [0u8; 16];
         for _ in 0..BUSY_POLL_MISSES {
             assert!(p.on);
-            assert_eq!(p.poll(&server, &mut buf), None);
+            assert_eq!(p.poll(server.as_raw_fd(), &mut buf), None);
         }
         assert!(!p.on, "still polling after {BUSY_POLL_MISSES} misses in a row");
         // Off: answers slower than the budget keep it off, a run of fast ones turns it on.
@@ -952,13 +975,13 @@ mod busy_poll_tests {
         // Disabled: never polls, even with a datagram waiting (the blocking recv takes it).
         let one = AtomicUsize::new(1);
         let mut off = BusyPoll::new(Duration::ZERO, &one);
-        assert_eq!(off.poll(&server, &mut buf), None);
+        assert_eq!(off.poll(server.as_raw_fd(), &mut buf), None);
         off.observe(Duration::ZERO);
         assert!(!off.on);
         // Too many lock-step transfers at once: nobody polls.
         let many = AtomicUsize::new(usize::MAX);
         let mut busy = BusyPoll::new(Duration::from_micros(200), &many);
-        assert_eq!(busy.poll(&server, &mut buf), None);
+        assert_eq!(busy.poll(server.as_raw_fd(), &mut buf), None);
         assert!(busy.on, "being crowded out is not a miss");
     }
 }
