@@ -32,3 +32,8 @@ pub mod store;
 pub mod tftp;
 pub mod wire;
 pub mod workbench;
+
+/// The message of a caught panic (`catch_unwind`'s payload), for the log line that reports it.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str)).unwrap_or("panic")
+}

@@ -185,16 +185,9 @@ fn worker(sock: &Arc<SyncPktSocket>, listener: Listener, ctx: &Context, stop: &A
         let _in_span = span.enter();
         let handled = std::panic::catch_unwind(AssertUnwindSafe(|| handle(sock, listener, ctx, pkt, from, info)));
         if let Err(p) = handled {
-            error!("internal error while handling this request (dropped; please report): {}", panic_text(&*p));
+            error!("internal error while handling this request (dropped; please report): {}", crate::panic_message(&*p));
         }
     }
-}
-
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
 }
 
 pub(crate) fn our_ipv4(info: &PktInfo, sock: &SyncPktSocket, ctx: &Context) -> Option<Ipv4Addr> {
@@ -299,7 +292,7 @@ pub fn ask_policy(ctx: &Context, req: BootRequest) -> Decision {
         }
         Err(p) => {
             ctx.stats.policy_errors.fetch_add(1, Ordering::Relaxed);
-            warn!("policy call panicked: {}; using the fallback ({})", panic_text(&*p), describe(&ctx.fallback));
+            warn!("policy call panicked: {}; using the fallback ({})", crate::panic_message(&*p), describe(&ctx.fallback));
             ctx.fallback.clone()
         }
     }

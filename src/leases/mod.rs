@@ -178,10 +178,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
-    p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str)).unwrap_or("panic")
-}
-
 impl LeaseWriter {
     /// Takes ownership of `backend`. (Kept fallible for backends that need a connection.)
     pub fn start(backend: Box<dyn LeaseBackend>) -> std::io::Result<LeaseWriter> {
@@ -226,7 +222,7 @@ impl LeaseWriter {
             drop(q);
             let (records, follow_ups): (Vec<Lease>, Vec<OnDurable>) = batch.into_iter().unzip();
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| lock(&sh.backend).apply(&records)))
-                .unwrap_or_else(|p| Err(StoreError(format!("the store panicked: {}", panic_message(&*p)))));
+                .unwrap_or_else(|p| Err(StoreError(format!("the store panicked: {}", crate::panic_message(&*p)))));
             match &r {
                 Ok(()) => {
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -241,7 +237,7 @@ impl LeaseWriter {
                 // A failing follow-up must not leave `committing` set: nothing would commit again.
                 let r = r.clone();
                 if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(move || then(r))) {
-                    tracing::error!("internal error after a lease commit (please report): {}", panic_message(&*p));
+                    tracing::error!("internal error after a lease commit (please report): {}", crate::panic_message(&*p));
                 }
             }
             q = lock(&sh.queue);
@@ -273,14 +269,6 @@ impl LeaseWriter {
             std::thread::park();
         }
     }
-
-    /// Async variant of [`LeaseWriter::write_blocking`] (runs it on the blocking pool).
-    pub async fn write(&self, lease: Lease) -> Result<(), StoreError> {
-        let w = self.clone();
-        tokio::task::spawn_blocking(move || w.write_blocking(lease))
-            .await
-            .map_err(|e| StoreError(format!("the lease commit did not finish: {e}")))?
-    }
 }
 
 #[cfg(test)]
@@ -298,18 +286,17 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn group_commit_batches_concurrent_writes_and_answers_each() {
+    #[test]
+    fn group_commit_batches_concurrent_writes_and_answers_each() {
         let mem = memory::MemoryLeases::default();
         let w = LeaseWriter::start(Box::new(mem.clone())).unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..200u8 {
-            let w = w.clone();
-            tasks.push(tokio::spawn(async move { w.write(lease(i, i)).await }));
-        }
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
+        std::thread::scope(|s| {
+            let w = &w;
+            let writers: Vec<_> = (0..200u8).map(|i| s.spawn(move || w.write_blocking(lease(i, i)))).collect();
+            for t in writers {
+                t.join().unwrap().unwrap();
+            }
+        });
         assert_eq!(mem.rows().len(), 200);
         let commits = w.stats.commits.load(Ordering::Relaxed);
         assert_eq!(w.stats.records.load(Ordering::Relaxed), 200);
@@ -378,14 +365,14 @@ mod tests {
         assert_eq!(mem.rows().len(), 1);
     }
 
-    #[tokio::test]
-    async fn a_failed_commit_is_reported_to_every_waiter() {
+    #[test]
+    fn a_failed_commit_is_reported_to_every_waiter() {
         let mem = memory::MemoryLeases::default();
         mem.fail_next(true);
         let w = LeaseWriter::start(Box::new(mem.clone())).unwrap();
-        assert!(w.write(lease(1, 1)).await.is_err());
+        assert!(w.write_blocking(lease(1, 1)).is_err());
         mem.fail_next(false);
-        w.write(lease(1, 1)).await.unwrap();
+        w.write_blocking(lease(1, 1)).unwrap();
         assert_eq!(mem.rows().len(), 1);
     }
 

@@ -74,9 +74,8 @@ struct Shared {
     device: Option<Vec<u8>>,
     /// The listener's port (for [`FileRequest::local`]).
     port: u16,
-    /// Lock-step transfers running now, on threads and on the runtime (busy-polling is for when
-    /// there are few).
-    lockstep_active: Arc<std::sync::atomic::AtomicUsize>,
+    /// Lock-step transfers that may busy-poll, running now ([`BusyPoll`]).
+    polling: Arc<Polling>,
 }
 
 /// Serves TFTP read requests arriving on `socket` until `shutdown` is cancelled; then cancels the
@@ -103,7 +102,7 @@ pub async fn serve(
         device,
         port,
         mtu_cache: Default::default(),
-        lockstep_active: Default::default(),
+        polling: Arc::new(Polling::for_this_machine()),
     });
     let mut listener = Listener {
         socket,
@@ -502,9 +501,8 @@ impl Job {
         let mut gso = cfg.udp_gso && t.windowsize() > 1;
         // Lock-step on the runtime (short files): the same busy-polling as on a thread, so that
         // a quick client's ACK is taken without a trip through epoll and the scheduler.
-        let lockstep = t.windowsize() == 1;
-        let _running = lockstep.then(|| Running::count(&self.shared.lockstep_active));
-        let mut poll = BusyPoll::new(if lockstep { cfg.busy_poll } else { std::time::Duration::ZERO }, &self.shared.lockstep_active);
+        let budget = if t.windowsize() == 1 { cfg.busy_poll } else { std::time::Duration::ZERO };
+        let mut poll = BusyPoll::new(budget, &self.shared.polling);
         loop {
             loop {
                 let max_segments = if gso { GSO_MAX_SEGMENTS } else { 1 };
@@ -589,15 +587,14 @@ impl Job {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let cancel = self.cancel.clone();
         let span = tracing::Span::current();
-        let (active, budget) = (self.shared.lockstep_active.clone(), self.shared.cfg.busy_poll);
+        let (polling, budget) = (self.shared.polling.clone(), self.shared.cfg.busy_poll);
         let spawned = std::thread::Builder::new()
             .name("tftp-lockstep".into())
             .stack_size(LOCKSTEP_THREAD_STACK)
             .spawn(move || {
                 let _in_span = span.enter();
                 if let Ok((sock, mut t)) = job_rx.recv() {
-                    let _running = Running::count(&active);
-                    let mut poll = BusyPoll::new(budget, &active);
+                    let mut poll = BusyPoll::new(budget, &polling);
                     run_lockstep(&sock, &mut t, &cancel, &mut poll);
                     let _ = done_tx.send(t);
                 }
@@ -640,19 +637,19 @@ const LOCKSTEP_THREAD_STACK: usize = 256 * 1024;
 /// retransmission deadline again.
 const LOCKSTEP_POLL: std::time::Duration = std::time::Duration::from_millis(25);
 
-/// Counts a running lock-step thread in `active` while it lives.
-struct Running<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Running<'a> {
-    fn count(active: &'a std::sync::atomic::AtomicUsize) -> Running<'a> {
-        active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Running(active)
-    }
+/// The lock-step transfers of one server that may busy-poll.
+#[derive(Debug)]
+struct Polling {
+    /// Running now.
+    active: std::sync::atomic::AtomicUsize,
+    /// Most running at once for which polling is allowed: half the CPUs, at least one.
+    max_active: usize,
 }
 
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+impl Polling {
+    fn for_this_machine() -> Polling {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Polling { active: Default::default(), max_active: (cpus / 2).max(1) }
     }
 }
 
@@ -673,25 +670,26 @@ const BUSY_POLL_HITS: u32 = 16;
 /// server never spends a CPU waiting.
 struct BusyPoll<'a> {
     budget: std::time::Duration,
-    /// Lock-step threads running now, of this server.
-    active: &'a std::sync::atomic::AtomicUsize,
-    /// Most lock-step threads running at once for which polling is allowed.
-    max_active: usize,
+    /// The server's polling transfers; this one is counted in it while it lives (unless its
+    /// budget is zero: it never polls then).
+    polling: &'a Polling,
     on: bool,
     misses: u32,
     hits: u32,
 }
 
 impl<'a> BusyPoll<'a> {
-    fn new(budget: std::time::Duration, active: &'a std::sync::atomic::AtomicUsize) -> BusyPoll<'a> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        BusyPoll { budget, active, max_active: (cpus / 2).max(1), on: !budget.is_zero(), misses: 0, hits: 0 }
+    fn new(budget: std::time::Duration, polling: &'a Polling) -> BusyPoll<'a> {
+        if !budget.is_zero() {
+            polling.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        BusyPoll { budget, polling, on: !budget.is_zero(), misses: 0, hits: 0 }
     }
 
     /// Polls `sock` for a datagram for up to the budget, if polling is on and allowed now.
     /// `Some(len)` when one arrived; `None`: the caller sleeps in `recv` as usual.
     fn poll(&mut self, fd: std::os::fd::RawFd, buf: &mut [u8]) -> Option<usize> {
-        if !self.on || self.active.load(std::sync::atomic::Ordering::Relaxed) > self.max_active {
+        if !self.on || self.polling.active.load(std::sync::atomic::Ordering::Relaxed) > self.polling.max_active {
             return None;
         }
         let until = Instant::now() + self.budget;
@@ -734,6 +732,14 @@ impl<'a> BusyPoll<'a> {
             }
         } else {
             self.hits = 0;
+        }
+    }
+}
+
+impl Drop for BusyPoll<'_> {
+    fn drop(&mut self) {
+        if !self.budget.is_zero() {
+            self.polling.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -909,10 +915,14 @@ fn interface_mtu(ifindex: u32) -> Option<u32> {
 mod busy_poll_tests {
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
-    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
-    use super::{BusyPoll, BUSY_POLL_HITS, BUSY_POLL_MISSES};
+    use super::{BusyPoll, Polling, BUSY_POLL_HITS, BUSY_POLL_MISSES};
+
+    /// One CPU's worth: one polling transfer allowed.
+    fn polling() -> Polling {
+        Polling { active: Default::default(), max_active: 1 }
+    }
 
     fn pair() -> (UdpSocket, UdpSocket) {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -931,8 +941,8 @@ mod busy_poll_tests {
     #[test]
     fn a_waiting_ack_is_taken_by_polling() {
         let (server, client) = pair();
-        let active = AtomicUsize::new(1);
-        let mut p = BusyPoll::new(Duration::from_micros(200), &active);
+        let polling = polling();
+        let mut p = BusyPoll::new(Duration::from_micros(200), &polling);
         client.send(b"ack1").unwrap();
         queued(&server);
         let mut buf = [0u8; 16];
@@ -943,9 +953,9 @@ mod busy_poll_tests {
     #[test]
     fn slow_clients_turn_polling_off_and_fast_ones_back_on() {
         let (server, _client) = pair();
-        let active = AtomicUsize::new(1);
+        let polling = polling();
         let budget = Duration::from_micros(100);
-        let mut p = BusyPoll::new(budget, &active);
+        let mut p = BusyPoll::new(budget, &polling);
         let mut buf = [0u8; 16];
         for _ in 0..BUSY_POLL_MISSES {
             assert!(p.on);
@@ -973,15 +983,18 @@ mod busy_poll_tests {
         client.send(b"ack").unwrap();
         queued(&server);
         // Disabled: never polls, even with a datagram waiting (the blocking recv takes it).
-        let one = AtomicUsize::new(1);
-        let mut off = BusyPoll::new(Duration::ZERO, &one);
+        let polling = polling();
+        let mut off = BusyPoll::new(Duration::ZERO, &polling);
         assert_eq!(off.poll(server.as_raw_fd(), &mut buf), None);
         off.observe(Duration::ZERO);
         assert!(!off.on);
-        // Too many lock-step transfers at once: nobody polls.
-        let many = AtomicUsize::new(usize::MAX);
-        let mut busy = BusyPoll::new(Duration::from_micros(200), &many);
+        // Too many lock-step transfers at once (two, one allowed): nobody polls.
+        let first = BusyPoll::new(Duration::from_micros(200), &polling);
+        let mut busy = BusyPoll::new(Duration::from_micros(200), &polling);
         assert_eq!(busy.poll(server.as_raw_fd(), &mut buf), None);
         assert!(busy.on, "being crowded out is not a miss");
+        // When the other ends, this one may poll again.
+        drop(first);
+        assert_eq!(busy.poll(server.as_raw_fd(), &mut buf), Some(3));
     }
 }
