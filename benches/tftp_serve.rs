@@ -54,7 +54,12 @@ fn main() {
                 // All bench clients share 127.0.0.1: lift the per-client limit (default 8).
                 let cfg = TftpConfig { root, max_per_client: 1024, ..TftpConfig::default() };
                 let policy = Arc::new(FnPolicy(|_: &_| Ok(Decision::Ignore)));
-                serve(socket, cfg, policy, ClientTable::default(), CancellationToken::new()).await.expect("serve");
+                // On a worker, as `pixie serve` runs it (server.rs spawns every listener), not
+                // on the thread that blocks on the runtime.
+                tokio::spawn(serve(socket, cfg, policy, ClientTable::default(), CancellationToken::new()))
+                    .await
+                    .expect("serve task")
+                    .expect("serve");
             }
             "async-tftp" => {
                 let tftpd = async_tftp::server::TftpServerBuilder::with_dir_ro(&root)

@@ -21,6 +21,9 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// How long the test policy's hook takes for the path "slow".
+const SLOW_HOOK: Duration = Duration::from_millis(1000);
+
 /// A policy for tests: maps a path to a decision, records what it saw.
 #[derive(Debug, Default)]
 struct TestPolicy {
@@ -38,6 +41,10 @@ impl Policy for TestPolicy {
             "alias" => FileDecision::Remap("sub/file.cfg".into()),
             "alias-escape" => FileDecision::Remap("../secret".into()),
             "forbidden" => FileDecision::Refuse,
+            "slow" => {
+                std::thread::sleep(SLOW_HOOK);
+                FileDecision::Remap("small.bin".into())
+            }
             "broken-policy" => {
                 return Err(PolicyError::Runtime { location: "tftp.rhai:1:1".into(), message: "boom".into() })
             }
@@ -535,6 +542,35 @@ async fn retransmits_on_timeout_then_gives_up() {
     assert_eq!(c.recv(Duration::from_millis(1500)).await.unwrap().0, oack);
     assert_eq!(c.recv(Duration::from_millis(1500)).await.unwrap().0, oack);
     assert_eq!(c.recv(Duration::from_millis(2000)).await, None);
+    s.stop().await;
+}
+
+/// Downloads `name` lock-step at blksize 512 as a new client.
+async fn fetch(server: SocketAddr, name: &'static str) -> Vec<u8> {
+    let c = Client::new(server).await;
+    c.rrq(name, Mode::Octet, &[]).await;
+    let (first, tid) = c.expect().await;
+    c.download(first, tid, 512, 1).await
+}
+
+/// A slow `tftp` hook holds up its own transfer only. Transfers are prepared on the runtime
+/// while preparing is quick; once a preparation was slow, the next ones go to the blocking
+/// pool. On a single-threaded runtime, where a stalled task stalls everything, the first slow
+/// hook stalls the server once; the second must not (this test fails if preparing stays inline).
+#[tokio::test]
+async fn a_slow_policy_hook_does_not_hold_up_other_transfers() {
+    let s = start().await;
+    let small = s.file("small.bin");
+    assert_eq!(fetch(s.addr, "slow").await, small);
+
+    // Wall-clock time from before the slow request: a stalled runtime stalls its timers too.
+    let started = std::time::Instant::now();
+    let slow = tokio::spawn(fetch(s.addr, "slow"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fetch(s.addr, "small.bin").await, small);
+    let took = started.elapsed();
+    assert!(took < SLOW_HOOK / 2, "100 ms of sleep and a quick transfer took {took:?}: a slow hook ran on the runtime");
+    assert_eq!(slow.await.unwrap(), small);
     s.stop().await;
 }
 

@@ -13,11 +13,16 @@
 //! 5. The path is canonicalised (symlinks followed) and must still lie under the canonical root:
 //!    a symlink inside the root that points outside it is refused. Point such links into the root
 //!    or copy the file.
-//! 6. Only regular files are served (not directories, devices, FIFOs or sockets). The file is
-//!    opened with `O_NOFOLLOW | O_NONBLOCK` and checked again with `fstat` on the open descriptor,
-//!    so a last component swapped for a symlink or FIFO after the check is still refused. (A race
-//!    on intermediate directories needs write access to the root, which is outside our threat
-//!    model.)
+//! 6. Only regular files are served (not directories, devices, FIFOs or sockets), checked with
+//!    `fstat` on the open descriptor (opened `O_NONBLOCK`, so a FIFO cannot block the open).
+//!
+//! Rules 5 and 6 run in the kernel when it can: `openat2` with `RESOLVE_BENEATH` opens the
+//! name under the root and refuses any step out of it, in one system call. A path through an
+//! absolute symlink (which may point back inside) or a kernel without `openat2` takes the
+//! canonical path instead: resolved with every symlink followed and checked to lie under the
+//! root, then opened with `O_NOFOLLOW`, so a last component swapped for a symlink after the
+//! check is still refused. (A race on intermediate directories needs write access to the root,
+//! which is outside our threat model.)
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -162,6 +167,62 @@ impl Root {
     /// Resolves and opens `name` (all rules). Blocking: call it off the async reactor.
     pub fn open(&self, name: &[u8]) -> Result<Opened, Refusal> {
         let relative = Self::normalise(name)?;
+        if let Some(opened) = self.open_beneath(&relative) {
+            return opened;
+        }
+        self.open_canonical(relative)
+    }
+
+    /// Rules 5 and 6 the quick way, in three system calls instead of one per path component:
+    /// `openat2(RESOLVE_BENEATH)` under the root, where the kernel refuses any step outside it,
+    /// then `fstat`. `None` when the kernel cannot decide: no `openat2` (Linux before 5.6, or a
+    /// seccomp filter), or the path crosses an absolute symlink or one leading out of the root
+    /// (`EXDEV`, `ELOOP`), which may still end inside the root; [`Root::open_canonical`] decides
+    /// those. The root is opened by its path for every request, not held open, so a root
+    /// directory replaced while pixie runs (a deploy renaming a new tree into place) is served
+    /// at once, as by the canonical path.
+    fn open_beneath(&self, relative: &str) -> Option<Result<Opened, Refusal>> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let root = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&self.canonical)
+            .map(OwnedFd::from);
+        let root = match root {
+            Ok(fd) => fd,
+            Err(e) => return Some(Err(io_refusal(e))),
+        };
+        let path = std::ffi::CString::new(relative).ok()?;
+        // SAFETY: open_how is plain data; all-zero is its documented default.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: valid NUL-terminated path, a live directory descriptor and a correctly sized
+        // open_how; the returned descriptor is owned by the File below.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOSYS | libc::EPERM | libc::EXDEV | libc::ELOOP | libc::E2BIG | libc::EINVAL) => None,
+                _ => Some(Err(io_refusal(e))),
+            };
+        }
+        // SAFETY: openat2 returned a new descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd as std::os::fd::RawFd) };
+        Some(Self::regular(file, relative.to_owned()))
+    }
+
+    /// Rules 5 and 6 through the canonical path: every symlink followed, the result must lie
+    /// under the canonical root.
+    fn open_canonical(&self, relative: String) -> Result<Opened, Refusal> {
         let joined = self.canonical.join(&relative);
         let canonical = joined.canonicalize().map_err(io_refusal)?;
         if !canonical.starts_with(&self.canonical) {
@@ -175,6 +236,11 @@ impl Root {
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&canonical)
             .map_err(io_refusal)?;
+        Self::regular(file, relative)
+    }
+
+    /// `file` if it is a regular file (checked on the open descriptor).
+    fn regular(file: File, relative: String) -> Result<Opened, Refusal> {
         let meta = file.metadata().map_err(io_refusal)?;
         if !meta.is_file() {
             return Err(Refusal::NotRegular);
@@ -291,6 +357,38 @@ mod tests {
         assert_eq!(f.root.open(b"escape").unwrap_err(), Refusal::OutsideRoot);
         assert_eq!(f.root.open(b"escape-rel").unwrap_err(), Refusal::OutsideRoot);
         assert_eq!(f.root.open(b"etc-dir/passwd").unwrap_err(), Refusal::OutsideRoot);
+    }
+
+    #[test]
+    fn the_kernel_decides_what_it_can_and_the_canonical_path_the_rest() {
+        let f = fixture();
+        // Plain names and relative links that stay inside: openat2 alone (where the kernel has
+        // it; otherwise everything takes the canonical path, which the other tests cover).
+        let fast = f.root.open_beneath("sub/file.cfg");
+        if fast.is_none() {
+            eprintln!("SKIPPED: openat2 unavailable here; only the canonical path is tested");
+            return;
+        }
+        assert_eq!(fast.unwrap().unwrap().relative, "sub/file.cfg");
+        assert!(f.root.open_beneath("inside-link").unwrap().is_ok());
+        assert_eq!(f.root.open_beneath("missing").unwrap().unwrap_err(), Refusal::NotFound);
+        assert_eq!(f.root.open_beneath("sub").unwrap().unwrap_err(), Refusal::NotRegular);
+        // Links the kernel will not follow beneath the root: left to the canonical path, which
+        // serves the absolute one that points back inside and refuses the others.
+        for name in ["subdir-link/file.cfg", "escape", "escape-rel", "etc-dir/passwd"] {
+            assert!(f.root.open_beneath(name).is_none(), "{name}");
+        }
+        let mut got = String::new();
+        f.root.open(b"subdir-link/file.cfg").unwrap().file.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "cfg");
+        // The root is looked up by path for every request: a tree renamed into place is served.
+        let base = f.root.path().parent().unwrap().to_path_buf();
+        std::fs::rename(base.join("root"), base.join("old-root")).unwrap();
+        std::fs::create_dir(base.join("root")).unwrap();
+        std::fs::write(base.join("root/pxelinux.0"), b"new").unwrap();
+        let mut got = String::new();
+        f.root.open(b"pxelinux.0").unwrap().file.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "new");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Socket tasks: the listener on port 69 and one task per transfer.
 //!
-//! The listener only classifies datagrams, enforces the transfer limits and spawns; everything
-//! that may block (the policy call, opening the file) runs inside the transfer's own task, on
-//! `spawn_blocking`, so one slow script or disk never delays other clients' requests.
+//! The listener only classifies datagrams, enforces the transfer limits and spawns; what may
+//! block (the policy call, opening the file) runs inside the transfer's own task: inline while
+//! it is quick, on `spawn_blocking` once it has been slow ([`PrepareGate`]), so one slow script
+//! or disk does not go on delaying other clients' requests.
 //! Each transfer owns its socket (its transfer ID), bound to the local address the request was
 //! sent to, and drives a [`Transfer`] state machine; this file is the thin glue between them.
 //! A lock-step transfer (windowsize 1) of 32 blocks or more hands its socket and state machine to
@@ -76,6 +77,50 @@ struct Shared {
     port: u16,
     /// Lock-step transfers that may busy-poll, running now ([`BusyPoll`]).
     polling: Arc<Polling>,
+    /// Whether transfers are prepared on the runtime or on the blocking pool.
+    prepare_gate: Arc<PrepareGate>,
+}
+
+/// A preparation (policy hook, path resolution, open) that took at least this long sends the
+/// next [`POOL_AFTER_SLOW`] ones to the blocking pool.
+const SLOW_PREPARE: std::time::Duration = std::time::Duration::from_millis(1);
+/// Quick preparations in a row that bring preparing back onto the runtime.
+const POOL_AFTER_SLOW: u32 = 64;
+
+/// Decides where a transfer is prepared: the policy's `tftp` hook, resolving the path under the
+/// root and opening the file.
+///
+/// On the runtime (in the transfer's task) while that is quick, as it is with no hook or a
+/// short one and a local file system: there it costs ~10 µs, while a trip to the blocking pool
+/// costs two thread wake-ups (~70 µs here, most of what a 4 KiB file costs). Once a preparation
+/// takes [`SLOW_PREPARE`] or longer (a slow script, NFS, a cold disk), the next ones go to the
+/// blocking pool, so a slow hook or disk never holds up the runtime's other transfers again,
+/// until [`POOL_AFTER_SLOW`] quick ones in a row show the slowness has passed.
+#[derive(Debug, Default)]
+struct PrepareGate {
+    /// Preparations still to run on the blocking pool; 0: prepare inline.
+    pool_left: std::sync::atomic::AtomicU32,
+}
+
+impl PrepareGate {
+    fn inline(&self) -> bool {
+        self.pool_left.load(std::sync::atomic::Ordering::Relaxed) == 0
+    }
+
+    fn observe(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if took >= SLOW_PREPARE {
+            if self.pool_left.swap(POOL_AFTER_SLOW, Relaxed) == 0 {
+                info!(
+                    took_ms = took.as_secs_f64() * 1e3,
+                    "preparing a TFTP transfer (policy hook, opening the file) was slow; \
+                     preparing the next ones on the blocking pool"
+                );
+            }
+        } else {
+            let _ = self.pool_left.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        }
+    }
 }
 
 /// Serves TFTP read requests arriving on `socket` until `shutdown` is cancelled; then cancels the
@@ -103,6 +148,7 @@ pub async fn serve(
         port,
         mtu_cache: Default::default(),
         polling: Arc::new(Polling::for_this_machine()),
+        prepare_gate: Default::default(),
     });
     let mut listener = Listener {
         socket,
@@ -314,21 +360,13 @@ struct Prepared {
 impl Job {
     async fn run(self) {
         let span = tracing::Span::current();
-        let sock = match bind_transfer_socket(self.local, self.ifindex, self.shared.device.as_deref()) {
+        let sock = match bind_transfer_socket(self.local, self.ifindex, self.shared.device.as_deref(), self.client) {
             Ok(s) => s,
             Err(e) => {
-                warn!("cannot open a transfer socket on {}: {e}", self.local);
+                warn!("cannot open a transfer socket from {} to the client: {e}", self.local);
                 return;
             }
         };
-        // Connected: the kernel drops datagrams from other transfer IDs (as tftpd-hpa's
-        // connected sockets do; RFC 1350's ERROR 5 to them is a "should"), skips a route lookup
-        // per packet, and reports ICMP port unreachable, so a vanished client ends the transfer
-        // at once instead of after all retries.
-        if let Err(e) = sock.connect(self.client).await {
-            warn!("cannot connect a transfer socket to the client: {e}");
-            return;
-        }
         let mac = self.shared.clients.lookup(self.client.ip());
         if let Some(m) = &mac {
             span.record("mac", tracing::field::display(m));
@@ -340,7 +378,7 @@ impl Job {
         let prepared = match prepared {
             Ok(p) => p,
             Err((code, msg)) => {
-                let _ = sock.send(&error_packet(code, msg)).await;
+                let _ = sock.send(&error_packet(code, msg));
                 return;
             }
         };
@@ -366,9 +404,7 @@ impl Job {
         let wants_tsize = self.req.option("tsize").is_some();
         let (ifindex, v6) = (self.ifindex, self.local.is_ipv6());
         let span = tracing::Span::current();
-        // One trip to the blocking pool for the policy call and the file system work: each trip
-        // costs two thread wake-ups, which dominate the cost of a small file.
-        let opened = tokio::task::spawn_blocking(move || -> Result<Prepared, (ErrorCode, &'static str)> {
+        let work = move || -> Result<Prepared, (ErrorCode, &'static str)> {
             // Everything below logs inside the transfer's span (client, MAC, file).
             let _in_span = span.enter();
             let policy = &shared.policy;
@@ -444,8 +480,21 @@ impl Job {
                 }
             };
             Ok(Prepared { source, size, what, mtu_blksize })
-        })
-        .await;
+        };
+        let gate = self.shared.prepare_gate.clone();
+        let timed = move || {
+            let started = Instant::now();
+            let r = work();
+            gate.observe(started.elapsed());
+            r
+        };
+        // Inline while preparing is quick: a trip to the blocking pool costs two thread
+        // wake-ups, most of what a small file costs (see [`PrepareGate`]).
+        let opened = if self.shared.prepare_gate.inline() {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(timed)).map_err(|p| crate::panic_message(&*p).to_owned())
+        } else {
+            tokio::task::spawn_blocking(timed).await.map_err(|e| e.to_string())
+        };
         match opened {
             Ok(r) => r,
             Err(e) => {
@@ -455,7 +504,7 @@ impl Job {
         }
     }
 
-    async fn transfer(self, sock: UdpSocket, p: Prepared) {
+    async fn transfer(self, sock: std::net::UdpSocket, p: Prepared) {
         let cfg = &self.shared.cfg;
         let max_blksize = p.mtu_blksize.map_or(cfg.max_blksize, |m| m.min(cfg.max_blksize));
         let limits = Limits { max_blksize, max_window_bytes: cfg.max_window_bytes };
@@ -478,13 +527,13 @@ impl Job {
         if lockstep_thread {
             t = self.run_on_thread(sock, t).await;
         } else {
-            self.run_async(&sock, &mut t, started).await;
+            self.run_async(TransferSocket::Plain(sock), &mut t, started).await;
         }
         self.log_end(&t, &p.what, started, had_oack);
     }
 
     /// The transfer loop on the runtime: windows, GSO, one task per transfer.
-    async fn run_async(&self, sock: &UdpSocket, t: &mut Transfer, started: Instant) {
+    async fn run_async(&self, mut sock: TransferSocket, t: &mut Transfer, started: Instant) {
         let cfg = &self.shared.cfg;
         // ACKs and ERRORs only; a larger datagram is truncated by the kernel, which is harmless.
         let mut buf = [0u8; 1024];
@@ -508,8 +557,14 @@ impl Job {
                 let max_segments = if gso { GSO_MAX_SEGMENTS } else { 1 };
                 let Some(batch) = t.poll_transmit_batch(max_segments, GSO_MAX_BYTES) else { break };
                 let several = batch.len() > batch.segment;
-                let mut r =
-                    if several { send_gso(sock, &batch).await } else { sock.send(batch.parts[0]).await.map(drop) };
+                let mut r = if several {
+                    match sock.registered() {
+                        Ok(s) => send_gso(s, &batch).await,
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    sock.send(batch.parts[0]).await
+                };
                 if let Err(e) = &r {
                     if several && e.kind() != io::ErrorKind::ConnectionRefused {
                         debug!("UDP GSO unavailable ({e}); sending packets one by one");
@@ -547,6 +602,14 @@ impl Job {
                 t.on_timeout(now);
                 continue;
             }
+            let sock = match sock.registered() {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("cannot register the transfer socket with the runtime: {e}");
+                    t.abandon(Failure::Read(e.to_string()));
+                    continue;
+                }
+            };
             tokio::select! {
                 biased;
                 _ = &mut cancelled => t.cancel(),
@@ -574,15 +637,7 @@ impl Job {
     /// per block, as tftpd-hpa's process per transfer), instead of a readiness event, a task
     /// wake-up and a scheduler hop on the runtime. Falls back to the runtime if no thread can be
     /// started.
-    async fn run_on_thread(&self, sock: UdpSocket, mut t: Transfer) -> Transfer {
-        let std_sock = match sock.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("cannot hand the transfer socket to a thread: {e}");
-                t.abandon(Failure::Read(e.to_string()));
-                return t;
-            }
-        };
+    async fn run_on_thread(&self, std_sock: std::net::UdpSocket, mut t: Transfer) -> Transfer {
         let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(std::net::UdpSocket, Transfer)>(1);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let cancel = self.cancel.clone();
@@ -601,11 +656,7 @@ impl Job {
             });
         if let Err(e) = spawned {
             debug!("cannot start a transfer thread ({e}); running on the runtime");
-            let started = Instant::now();
-            match UdpSocket::from_std(std_sock) {
-                Ok(sock) => self.run_async(&sock, &mut t, started).await,
-                Err(e) => t.abandon(Failure::Read(e.to_string())),
-            }
+            self.run_async(TransferSocket::Plain(std_sock), &mut t, Instant::now()).await;
             return t;
         }
         if job_tx.send((std_sock, t)).is_err() {
@@ -624,6 +675,51 @@ impl Job {
                 t.abandon(Failure::Read("transfer thread panicked".into()));
                 t
             }
+        }
+    }
+}
+
+/// A transfer's socket on the runtime, registered with the runtime's epoll only once the
+/// transfer first has to sleep until a datagram comes. A lock-step transfer whose ACKs are all
+/// caught by busy-polling ([`BusyPoll`]) never registers it: registered, every ACK would also
+/// wake the thread waiting in `epoll_wait` (on another CPU, the client's) for nothing.
+enum TransferSocket {
+    Plain(std::net::UdpSocket),
+    Registered(UdpSocket),
+    /// Registration failed; the socket is closed.
+    Lost,
+}
+
+impl TransferSocket {
+    /// The socket registered with the runtime (registering it now if it is not yet).
+    fn registered(&mut self) -> io::Result<&UdpSocket> {
+        if matches!(self, TransferSocket::Plain(_)) {
+            let TransferSocket::Plain(s) = std::mem::replace(self, TransferSocket::Lost) else { unreachable!() };
+            *self = TransferSocket::Registered(UdpSocket::from_std(s)?);
+        }
+        match self {
+            TransferSocket::Registered(s) => Ok(s),
+            _ => Err(io::Error::other("transfer socket lost")),
+        }
+    }
+
+    /// Sends one datagram: straight from the plain socket, or waiting for room once registered.
+    async fn send(&mut self, pkt: &[u8]) -> io::Result<()> {
+        if let TransferSocket::Plain(s) = self {
+            match s.send(pkt) {
+                // A full send buffer: register and wait for room.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return r.map(drop),
+            }
+        }
+        self.registered()?.send(pkt).await.map(drop)
+    }
+
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            TransferSocket::Plain(s) => s.as_raw_fd(),
+            TransferSocket::Registered(s) => s.as_raw_fd(),
+            TransferSocket::Lost => -1,
         }
     }
 }
@@ -884,21 +980,32 @@ fn fmt_mac(mac: &Option<HwAddr>) -> String {
 }
 
 /// A UDP socket on (`local`, ephemeral port), on the listener's device if it had one.
-fn bind_transfer_socket(local: IpAddr, ifindex: u32, device: Option<&[u8]>) -> io::Result<UdpSocket> {
+/// A transfer's socket: a new port (its transfer ID) on `local`, non-blocking, connected to
+/// the client. Connected, the kernel drops datagrams from other transfer IDs (as tftpd-hpa's
+/// connected sockets do; RFC 1350's ERROR 5 to them is a "should"), skips a route lookup per
+/// packet, and reports ICMP port unreachable, so a vanished client ends the transfer at once
+/// instead of after all retries. Not yet registered with the runtime.
+fn bind_transfer_socket(
+    local: IpAddr,
+    ifindex: u32,
+    device: Option<&[u8]>,
+    client: SocketAddr,
+) -> io::Result<std::net::UdpSocket> {
     let addr = match local {
         IpAddr::V6(a) if is_link_local(&a) => SocketAddr::V6(SocketAddrV6::new(a, 0, 0, ifindex)),
         a => SocketAddr::new(a, 0),
     };
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // SOCK_NONBLOCK (and SOCK_CLOEXEC) at creation: no fcntl calls per transfer.
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
     if let Some(dev) = device {
         s.bind_device(Some(dev))?;
     }
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
+    s.connect(&client.into())?;
+    Ok(s.into())
 }
 
 fn is_link_local(a: &Ipv6Addr) -> bool {
@@ -996,5 +1103,35 @@ mod busy_poll_tests {
         // When the other ends, this one may poll again.
         drop(first);
         assert_eq!(busy.poll(server.as_raw_fd(), &mut buf), Some(3));
+    }
+}
+
+#[cfg(test)]
+mod prepare_gate_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_slow_preparation_sends_the_next_ones_to_the_pool_until_a_quick_run() {
+        let gate = PrepareGate::default();
+        let (quick, slow) = (Duration::from_micros(20), SLOW_PREPARE);
+        gate.observe(quick);
+        assert!(gate.inline());
+        gate.observe(slow);
+        assert!(!gate.inline());
+        for _ in 1..POOL_AFTER_SLOW {
+            gate.observe(quick);
+        }
+        assert!(!gate.inline(), "one quick preparation short");
+        // A slow one on the pool starts the count again.
+        gate.observe(slow);
+        for _ in 0..POOL_AFTER_SLOW - 1 {
+            gate.observe(quick);
+        }
+        assert!(!gate.inline());
+        gate.observe(quick);
+        assert!(gate.inline());
+        gate.observe(quick);
+        assert!(gate.inline());
     }
 }
