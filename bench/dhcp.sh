@@ -16,7 +16,8 @@
 #                      [--no-50k] [--no-policy] [--out FILE] [--old-bin PATH] [--repeats N] [--perf DIR]
 # --old-bin adds server "pixie-old": a second pixie build run exactly like "pixie" (A/B of a change).
 # --repeats N runs every (rate, server) cell N times, servers interleaved within each repeat.
-# PIXIE_WORKERS=N in the environment sets pixie's [dhcp] workers (default: pixie's own).
+# PIXIE_WORKERS=N in the environment sets pixie's [dhcp] workers (default: pixie's own);
+# PIXIE_OLD_WORKERS=N those of pixie-old (A/B of the worker count: --old-bin the same binary).
 # --perf DIR records `perf record -g` of every server run into DIR/perf-SERVER-RATE.data (needs perf;
 #   PERF_CALLGRAPH="--call-graph dwarf" and PERF_FREQ=499 for Rust stacks without frame pointers;
 #   sampling inflates the CPU figures of that run: use it to see where the time goes, not to compare).
@@ -132,7 +133,9 @@ start_server() { # $1 name  [$2 pixie network] [$3 pixie pool]
   case "$1" in
     pixie|pixie-old)
       local bin=$PIXIE; [ "$1" = pixie-old ] && bin=$OLDBIN
-      pixie_config "${2:-10.79.0.0/24}" "${3:-10.79.0.10-10.79.0.250}" > "$W/pixie.toml"
+      # PIXIE_OLD_WORKERS: pixie-old's workers, to A/B the worker count with one binary.
+      local w=${PIXIE_WORKERS:-}; [ "$1" = pixie-old ] && w=${PIXIE_OLD_WORKERS:-$w}
+      PIXIE_WORKERS=$w pixie_config "${2:-10.79.0.0/24}" "${3:-10.79.0.10-10.79.0.250}" > "$W/pixie.toml"
       cmd=(env PIXIE_LOG=warn,pixie::leases::stats=info "$bin" serve --config "$W/pixie.toml") ;;
     dnsmasq)
       cmd=(dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=pxdb-s0 --bind-interfaces
