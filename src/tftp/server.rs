@@ -92,7 +92,7 @@ const POOL_AFTER_SLOW: u32 = 64;
 ///
 /// On the runtime (in the transfer's task) while that is quick, as it is with no hook or a
 /// short one and a local file system: there it costs ~10 µs, while a trip to the blocking pool
-/// costs two thread wake-ups (~70 µs here, most of what a 4 KiB file costs). Once a preparation
+/// costs two thread wake-ups (~50 µs here, most of a 4 KiB file's setup). Once a preparation
 /// takes [`SLOW_PREPARE`] or longer (a slow script, NFS, a cold disk), the next ones go to the
 /// blocking pool, so a slow hook or disk never holds up the runtime's other transfers again,
 /// until [`POOL_AFTER_SLOW`] quick ones in a row show the slowness has passed.
@@ -979,9 +979,8 @@ fn fmt_mac(mac: &Option<HwAddr>) -> String {
     mac.as_ref().map_or_else(|| "unknown".to_string(), |m| m.to_string())
 }
 
-/// A UDP socket on (`local`, ephemeral port), on the listener's device if it had one.
-/// A transfer's socket: a new port (its transfer ID) on `local`, non-blocking, connected to
-/// the client. Connected, the kernel drops datagrams from other transfer IDs (as tftpd-hpa's
+/// A transfer's socket: a new port (its transfer ID) on `local`, on the listener's device if it
+/// had one, non-blocking, connected to the client. Connected, the kernel drops datagrams from other transfer IDs (as tftpd-hpa's
 /// connected sockets do; RFC 1350's ERROR 5 to them is a "should"), skips a route lookup per
 /// packet, and reports ICMP port unreachable, so a vanished client ends the transfer at once
 /// instead of after all retries. Not yet registered with the runtime.
