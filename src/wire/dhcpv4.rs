@@ -569,6 +569,11 @@ pub struct Reply {
     pub options: Vec<(u8, Vec<u8>)>,
     /// Largest datagram the client accepts (from option 57, else 548).
     pub max_len: usize,
+    /// The request's parameter request list (option 55). Requested options go out right after
+    /// 53 and 54, in this order (RFC 2132 §9.8: the server "MUST try to insert the requested
+    /// options in the order requested by the client"), then the others in `options` order; so
+    /// when a reply must shrink to `max_len`, what the client did not ask for goes first.
+    pub requested: Vec<u8>,
 }
 
 impl Reply {
@@ -588,6 +593,7 @@ impl Reply {
             file: Vec::new(),
             options: vec![(opt::MESSAGE_TYPE, vec![u8::from(mt)])],
             max_len: req.max_message_size().map(|n| n as usize - 28).unwrap_or(DEFAULT_MAX_REPLY_LEN),
+            requested: req.option(opt::PARAM_REQUEST).map(<[u8]>::to_vec).unwrap_or_default(),
         }
     }
 
@@ -630,14 +636,19 @@ impl Reply {
         field(&self.file, 128);
         b.extend_from_slice(&MAGIC);
 
-        let mut ordered: Vec<&(u8, Vec<u8>)> = Vec::with_capacity(self.options.len());
-        for first in [opt::MESSAGE_TYPE, opt::SERVER_ID] {
-            ordered.extend(self.options.iter().filter(|(c, _)| *c == first));
+        // 53 and 54 first, then what the client asked for in its order, then the rest; option
+        // 82 last (RFC 3046 §2.1). Each code once, even if the request lists it twice.
+        let mut placed = [false; 256];
+        for special in [opt::PAD, opt::END, opt::RELAY_AGENT] {
+            placed[usize::from(special)] = true;
         }
-        // Option 82 goes last (RFC 3046 §2.1).
-        ordered.extend(self.options.iter().filter(|(c, _)| {
-            ![opt::MESSAGE_TYPE, opt::SERVER_ID, opt::RELAY_AGENT, opt::PAD, opt::END].contains(c)
-        }));
+        let mut ordered: Vec<&(u8, Vec<u8>)> = Vec::with_capacity(self.options.len());
+        let order = [opt::MESSAGE_TYPE, opt::SERVER_ID].iter().chain(&self.requested);
+        for &code in order.chain(self.options.iter().map(|(c, _)| c)) {
+            if !std::mem::replace(&mut placed[usize::from(code)], true) {
+                ordered.extend(self.options.iter().filter(|(c, _)| *c == code));
+            }
+        }
         ordered.extend(self.options.iter().filter(|(c, _)| *c == opt::RELAY_AGENT));
 
         let mut dropped = Vec::new();
@@ -831,6 +842,45 @@ mod tests {
         let (bytes, dropped) = r.encode();
         assert_eq!(dropped, vec![200]);
         assert!(bytes.len() <= DEFAULT_MAX_REPLY_LEN);
+    }
+
+    /// Codes of the options in an encoded reply, in order.
+    fn option_codes(bytes: &[u8]) -> Vec<u8> {
+        let mut codes = Vec::new();
+        let mut i = 240;
+        while i < bytes.len() && bytes[i] != opt::END {
+            codes.push(bytes[i]);
+            i += 2 + usize::from(bytes[i + 1]);
+        }
+        codes
+    }
+
+    #[test]
+    fn requested_options_go_first_in_the_clients_order() {
+        // Parameter request list 67, 66, 3, 1, 3 (listed twice), 6 (not in the reply), 53.
+        let req = parse(&discover_with(&[55, 7, 67, 66, 3, 1, 3, 6, 53, 82, 2, 1, 0])).unwrap();
+        let mut r = Reply::to(&req, MessageType::Offer);
+        r.giaddr = Ipv4Addr::new(10, 0, 0, 254);
+        for code in [1, 3, 60, 66, 67, 43] {
+            r.set(code, vec![code; 16]);
+        }
+        r.set(opt::RELAY_AGENT, vec![1, 0]);
+        r.set(opt::SERVER_ID, vec![10, 0, 0, 1]);
+        let (bytes, dropped) = r.encode();
+        assert!(dropped.is_empty());
+        assert_eq!(option_codes(&bytes), [53, 54, 67, 66, 3, 1, 60, 43, 82]);
+        // Short of room, what was not asked for goes first.
+        r.max_len = 240 + 3 + 6 + 4 * 18 + 4 + 1;
+        let (bytes, dropped) = r.encode();
+        assert_eq!(option_codes(&bytes), [53, 54, 67, 66, 3, 1, 82]);
+        assert_eq!(dropped, [60, 43]);
+        // Without a list: the order the reply was built in.
+        let plain = parse(&discover_with(&[])).unwrap();
+        let mut r = Reply::to(&plain, MessageType::Offer);
+        for code in [1, 3, 60] {
+            r.set(code, vec![code; 4]);
+        }
+        assert_eq!(option_codes(&r.encode().0), [53, 1, 3, 60]);
     }
 
     #[test]
