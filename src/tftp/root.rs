@@ -164,7 +164,8 @@ impl Root {
         Ok(parts.join("/"))
     }
 
-    /// Resolves and opens `name` (all rules). Blocking: call it off the async reactor.
+    /// Resolves and opens `name` (all rules). Blocking file system work: the TFTP server runs it
+    /// in a transfer's task only while it stays quick, else on the blocking pool (`PrepareGate`).
     pub fn open(&self, name: &[u8]) -> Result<Opened, Refusal> {
         let relative = Self::normalise(name)?;
         if let Some(opened) = self.open_beneath(&relative) {

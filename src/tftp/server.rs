@@ -980,10 +980,11 @@ fn fmt_mac(mac: &Option<HwAddr>) -> String {
 }
 
 /// A transfer's socket: a new port (its transfer ID) on `local`, on the listener's device if it
-/// had one, non-blocking, connected to the client. Connected, the kernel drops datagrams from other transfer IDs (as tftpd-hpa's
-/// connected sockets do; RFC 1350's ERROR 5 to them is a "should"), skips a route lookup per
-/// packet, and reports ICMP port unreachable, so a vanished client ends the transfer at once
-/// instead of after all retries. Not yet registered with the runtime.
+/// had one, non-blocking, connected to the client. Connected, the kernel drops datagrams from
+/// other transfer IDs (as tftpd-hpa's connected sockets do; RFC 1350's ERROR 5 to them is a
+/// "should"), skips a route lookup per packet, and reports ICMP port unreachable, so a vanished
+/// client ends the transfer at once instead of after all retries. Not yet registered with the
+/// runtime.
 fn bind_transfer_socket(
     local: IpAddr,
     ifindex: u32,
