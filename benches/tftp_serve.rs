@@ -23,6 +23,10 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+fn env_num(name: &str) -> Option<usize> {
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     if args.is_empty() {
@@ -52,7 +56,14 @@ fn main() {
                 let socket = bind_udp(addr, &BindOptions::default()).expect("bind");
                 println!("READY {}", socket.local_addr().unwrap());
                 // All bench clients share 127.0.0.1: lift the per-client limit (default 8).
-                let cfg = TftpConfig { root, max_per_client: 1024, ..TftpConfig::default() };
+                let mut cfg = TftpConfig { root, max_per_client: 1024, ..TftpConfig::default() };
+                // A/B knobs for bench/tftp.sh (unset: pixie's defaults).
+                if let Some(n) = env_num("PIXIE_TFTP_READ_AHEAD") {
+                    cfg.read_ahead = n;
+                }
+                if let Some(n) = env_num("PIXIE_TFTP_LOCKSTEP_THREADS") {
+                    cfg.lockstep_threads = n != 0;
+                }
                 let policy = Arc::new(FnPolicy(|_: &_| Ok(Decision::Ignore)));
                 // On a worker, as `pixie serve` runs it (server.rs spawns every listener), not
                 // on the thread that blocks on the runtime.

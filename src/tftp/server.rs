@@ -79,6 +79,35 @@ struct Shared {
     polling: Arc<Polling>,
     /// Whether transfers are prepared on the runtime or on the blocking pool.
     prepare_gate: Arc<PrepareGate>,
+    /// Transfers sending now (counted from negotiation to the end, [`Sending`]).
+    sending: std::sync::atomic::AtomicUsize,
+    /// CPUs this process may use.
+    cpus: usize,
+}
+
+/// Counts a transfer in [`Shared::sending`] while it lives, and tells whether it started crowded:
+/// with as many transfers sending as there are CPUs already. A crowded transfer gets no thread
+/// of its own and no read buffer: with every CPU busy, a thread per transfer only adds wake-ups
+/// and stacks (the runtime's `epoll_wait` hands its workers several ready sockets at once), and
+/// what bounds throughput is CPU, not the `read` per block a buffer saves. Measured with 20
+/// parallel 64 MiB downloads at blksize 1468 on 2 CPUs: as fast or faster (11-14 s against
+/// 13-15 s per run), and +0.3 MiB of RSS instead of +1.0 MiB.
+struct Sending<'a> {
+    shared: &'a Shared,
+    crowded: bool,
+}
+
+impl<'a> Sending<'a> {
+    fn new(shared: &'a Shared) -> Sending<'a> {
+        let others = shared.sending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Sending { shared, crowded: others >= shared.cpus }
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.shared.sending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A preparation (policy hook, path resolution, open) that took at least this long sends the
@@ -149,6 +178,8 @@ pub async fn serve(
         mtu_cache: Default::default(),
         polling: Arc::new(Polling::for_this_machine()),
         prepare_gate: Default::default(),
+        sending: Default::default(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
     });
     let mut listener = Listener {
         socket,
@@ -326,9 +357,10 @@ enum Source {
 const DIRECT_READ_MIN_BLKSIZE: usize = 8192;
 
 impl Source {
-    fn into_reader(self, blksize: usize) -> Box<dyn Read + Send> {
+    /// `crowded`: read every block straight from the file, whatever its size ([`Sending`]).
+    fn into_reader(self, blksize: usize, crowded: bool) -> Box<dyn Read + Send> {
         match self {
-            Source::File { file, .. } if blksize >= DIRECT_READ_MIN_BLKSIZE => Box::new(file),
+            Source::File { file, .. } if crowded || blksize >= DIRECT_READ_MIN_BLKSIZE => Box::new(file),
             Source::File { file, buffer } => Box::new(BufReader::with_capacity(buffer, file)),
             Source::Reader(r) => r,
         }
@@ -518,10 +550,13 @@ impl Job {
         };
         let had_oack = !params.oack.is_empty();
         let started = Instant::now();
-        let source = p.source.into_reader(usize::from(params.blksize));
+        let sending = Sending::new(&self.shared);
+        let crowded = sending.crowded;
+        let source = p.source.into_reader(usize::from(params.blksize), crowded);
         let mut t = Transfer::new(params, source, started);
         debug!(what = %p.what, blksize = t.blksize(), windowsize = t.windowsize(), "transfer starting");
         let lockstep_thread = cfg.lockstep_threads
+            && !crowded
             && t.windowsize() == 1
             && p.size.is_some_and(|n| n >= LOCKSTEP_THREAD_MIN_BLOCKS * t.blksize() as u64);
         if lockstep_thread {
