@@ -180,4 +180,54 @@ mod tests {
         let mode: String = r.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
     }
+
+    /// Makes `fsync` fail with EPERM on the calling thread (a seccomp filter: the thread's own,
+    /// not inherited by the rest of the process).
+    fn forbid_fsync_on_this_thread() {
+        use libc::{sock_filter, sock_fprog, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+        let op = |code: u32, jt: u8, jf: u8, k: u32| sock_filter { code: code as u16, jt, jf, k };
+        let filter = [
+            // The system call number is the first word of `struct seccomp_data`.
+            op(BPF_LD | BPF_W | BPF_ABS, 0, 0, 0),
+            op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, libc::SYS_fsync as u32),
+            op(BPF_RET | BPF_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+            op(BPF_RET | BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+        ];
+        let prog = sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
+        // SAFETY: plain prctl calls; `prog` and `filter` outlive the second one, which copies them.
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            let r = libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const sock_fprog);
+            assert_eq!(r, 0, "seccomp: {}", std::io::Error::last_os_error());
+        }
+    }
+
+    /// A commit syncs with `fdatasync` (no inode write for the mtime), not `fsync`: SQLite only
+    /// does so when built with HAVE_FDATASYNC, which `.cargo/config.toml` sets. With `fsync`
+    /// forbidden on its thread, a commit must still succeed, and `fsync` must really be refused
+    /// there (else this test proves nothing).
+    #[test]
+    fn commits_sync_with_fdatasync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            forbid_fsync_on_this_thread();
+            let f = std::fs::File::create(path.join("probe")).unwrap();
+            assert_eq!(f.sync_all().unwrap_err().raw_os_error(), Some(libc::EPERM), "fsync is not forbidden");
+            let mut s = SqliteLeases::open(&path).unwrap();
+            let l = Lease {
+                ip: Ipv4Addr::new(10, 0, 0, 9),
+                client: vec![1, 2, 3],
+                mac: HwAddr(vec![2, 0, 0, 0, 0, 9]),
+                hostname: None,
+                state: LeaseState::Bound,
+                expires: 1234,
+            };
+            s.apply(std::slice::from_ref(&l)).expect(
+                "a lease commit called fsync: is SQLite built with -DHAVE_FDATASYNC=1 (LIBSQLITE3_FLAGS, .cargo/config.toml)?",
+            );
+        })
+        .join()
+        .unwrap();
+    }
 }
