@@ -554,11 +554,14 @@ impl Job {
         let crowded = sending.crowded;
         let source = p.source.into_reader(usize::from(params.blksize), crowded);
         let mut t = Transfer::new(params, source, started);
-        debug!(what = %p.what, blksize = t.blksize(), windowsize = t.windowsize(), "transfer starting");
         let lockstep_thread = cfg.lockstep_threads
             && !crowded
             && t.windowsize() == 1
             && p.size.is_some_and(|n| n >= LOCKSTEP_THREAD_MIN_BLOCKS * t.blksize() as u64);
+        debug!(
+            what = %p.what, blksize = t.blksize(), windowsize = t.windowsize(), crowded, on_thread = lockstep_thread,
+            "transfer starting"
+        );
         if lockstep_thread {
             t = self.run_on_thread(sock, t).await;
         } else {
