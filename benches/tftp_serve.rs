@@ -64,6 +64,9 @@ fn main() {
                 if let Some(n) = env_num("PIXIE_TFTP_LOCKSTEP_THREADS") {
                     cfg.lockstep_threads = n != 0;
                 }
+                if let Some(n) = env_num("PIXIE_TFTP_BUSY_POLL_US") {
+                    cfg.busy_poll = std::time::Duration::from_micros(n as u64);
+                }
                 let policy = Arc::new(FnPolicy(|_: &_| Ok(Decision::Ignore)));
                 // On a worker, as `pixie serve` runs it (server.rs spawns every listener), not
                 // on the thread that blocks on the runtime.
