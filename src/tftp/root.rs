@@ -174,14 +174,17 @@ impl Root {
         self.open_canonical(relative)
     }
 
-    /// Rules 5 and 6 the quick way, in three system calls instead of one per path component:
-    /// `openat2(RESOLVE_BENEATH)` under the root, where the kernel refuses any step outside it,
-    /// then `fstat`. `None` when the kernel cannot decide: no `openat2` (Linux before 5.6, or a
-    /// seccomp filter), or the path crosses an absolute symlink or one leading out of the root
-    /// (`EXDEV`, `ELOOP`), which may still end inside the root; [`Root::open_canonical`] decides
-    /// those. The root is opened by its path for every request, not held open, so a root
-    /// directory replaced while pixie runs (a deploy renaming a new tree into place) is served
-    /// at once, as by the canonical path.
+    /// Rules 5 and 6 the quick way, in four system calls instead of one per path component:
+    /// `openat2(O_PATH, RESOLVE_BENEATH)` under the root, where the kernel refuses any step
+    /// outside it, then `fstat`, then for a regular file the real open through
+    /// `/proc/self/fd`. The `O_PATH` step opens nothing: a FIFO, socket or device node inside the
+    /// root is refused without being opened (opening one can have effects: it releases a writer
+    /// blocked on a FIFO, arms a watchdog, rewinds a tape). `None` when the kernel cannot decide:
+    /// no `openat2` (Linux before 5.6, or a seccomp filter), no `/proc`, or the path crosses an
+    /// absolute symlink or one leading out of the root (`EXDEV`, `ELOOP`), which may still end
+    /// inside the root; [`Root::open_canonical`] decides those. The root is opened by its path for
+    /// every request, not held open, so a root directory replaced while pixie runs (a deploy
+    /// renaming a new tree into place) is served at once, as by the canonical path.
     fn open_beneath(&self, relative: &str) -> Option<Result<Opened, Refusal>> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         let root = OpenOptions::new()
@@ -196,10 +199,10 @@ impl Root {
         let path = std::ffi::CString::new(relative).ok()?;
         // SAFETY: open_how is plain data; all-zero is its documented default.
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+        how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
         how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
         // SAFETY: valid NUL-terminated path, a live directory descriptor and a correctly sized
-        // open_how; the returned descriptor is owned by the File below.
+        // open_how; the returned descriptor is owned by the OwnedFd below.
         let fd = unsafe {
             libc::syscall(
                 libc::SYS_openat2,
@@ -217,8 +220,22 @@ impl Root {
             };
         }
         // SAFETY: openat2 returned a new descriptor that nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd as std::os::fd::RawFd) };
-        Some(Self::regular(file, relative.to_owned()))
+        let found = File::from(unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) });
+        let meta = match found.metadata() {
+            Ok(m) => m,
+            Err(e) => return Some(Err(io_refusal(e))),
+        };
+        if !meta.is_file() {
+            return Some(Err(Refusal::NotRegular));
+        }
+        // The descriptor's own link: the very file found beneath the root, whatever was renamed
+        // since. No /proc (a bare chroot or container): the canonical path decides.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(format!("/proc/self/fd/{}", found.as_raw_fd()))
+            .ok()?;
+        Some(Ok(Opened { file, size: meta.len(), relative: relative.to_owned() }))
     }
 
     /// Rules 5 and 6 through the canonical path: every symlink followed, the result must lie
@@ -419,6 +436,35 @@ mod tests {
         // SAFETY: valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert_eq!(f.root.open(b"fifo").unwrap_err(), Refusal::NotRegular);
+    }
+
+    /// A FIFO in the root is refused without being opened: opening it for reading would release
+    /// a writer blocked in `open` (and the same open arms a watchdog or rewinds a tape).
+    #[test]
+    fn special_files_are_refused_without_being_opened() {
+        let f = fixture();
+        let fifo = f.root.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer_path = fifo.clone();
+        // Blocks in open until a reader opens the FIFO.
+        let writer = std::thread::spawn(move || {
+            let w = OpenOptions::new().write(true).open(&writer_path);
+            tx.send(()).unwrap();
+            w
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(f.root.open(b"fifo").unwrap_err(), Refusal::NotRegular);
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(),
+            "refusing the FIFO opened it: the blocked writer was released"
+        );
+        // Release the writer: open it for reading here.
+        let _reader = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+        rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        writer.join().unwrap().unwrap();
     }
 
     #[test]
