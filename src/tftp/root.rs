@@ -13,16 +13,18 @@
 //! 5. The path is canonicalised (symlinks followed) and must still lie under the canonical root:
 //!    a symlink inside the root that points outside it is refused. Point such links into the root
 //!    or copy the file.
-//! 6. Only regular files are served (not directories, devices, FIFOs or sockets), checked with
-//!    `fstat` on the open descriptor (opened `O_NONBLOCK`, so a FIFO cannot block the open).
+//! 6. Only regular files are served (not directories, devices, FIFOs or sockets), and a special
+//!    file is refused before it is opened: opening one can have effects of its own.
 //!
-//! Rules 5 and 6 run in the kernel when it can: `openat2` with `RESOLVE_BENEATH` opens the
-//! name under the root and refuses any step out of it, in one system call. A path through an
-//! absolute symlink (which may point back inside) or a kernel without `openat2` takes the
-//! canonical path instead: resolved with every symlink followed and checked to lie under the
-//! root, then opened with `O_NOFOLLOW`, so a last component swapped for a symlink after the
-//! check is still refused. (A race on intermediate directories needs write access to the root,
-//! which is outside our threat model.)
+//! Rules 5 and 6 run in the kernel when it can: `openat2(O_PATH)` with `RESOLVE_BENEATH` finds
+//! the name under the root and refuses any step out of it, `fstat` checks the type, and only a
+//! regular file is then opened (through `/proc/self/fd`). A path through an absolute symlink
+//! (which may point back inside), a kernel without `openat2` or a system without `/proc` takes
+//! the canonical path instead: resolved with every symlink followed, checked to lie under the
+//! root and to be a regular file, then opened with `O_NOFOLLOW | O_NONBLOCK` and checked again
+//! with `fstat`, so a last component swapped for a symlink or FIFO after the check is still
+//! refused. (A race on intermediate directories needs write access to the root, which is outside
+//! our threat model.)
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -254,11 +256,6 @@ impl Root {
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&canonical)
             .map_err(io_refusal)?;
-        Self::regular(file, relative)
-    }
-
-    /// `file` if it is a regular file (checked on the open descriptor).
-    fn regular(file: File, relative: String) -> Result<Opened, Refusal> {
         let meta = file.metadata().map_err(io_refusal)?;
         if !meta.is_file() {
             return Err(Refusal::NotRegular);

@@ -167,6 +167,7 @@ pub async fn serve(
     let root = Root::new(&cfg.root)?;
     let device = SockRef::from(socket.inner()).device().ok().flatten();
     let port = socket.local_addr()?.port();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     info!(addr = %socket.local_addr()?, root = %root.path().display(), "TFTP server listening");
     let shared = Arc::new(Shared {
         cfg,
@@ -176,10 +177,10 @@ pub async fn serve(
         device,
         port,
         mtu_cache: Default::default(),
-        polling: Arc::new(Polling::for_this_machine()),
+        polling: Arc::new(Polling::for_cpus(cpus)),
         prepare_gate: Default::default(),
         sending: Default::default(),
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus,
     });
     let mut listener = Listener {
         socket,
@@ -781,8 +782,8 @@ struct Polling {
 }
 
 impl Polling {
-    fn for_this_machine() -> Polling {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    /// Half of `cpus`, at least one.
+    fn for_cpus(cpus: usize) -> Polling {
         Polling { active: Default::default(), max_active: (cpus / 2).max(1) }
     }
 }
