@@ -7,7 +7,8 @@
 #   pxdb-c  client namespace, veth pxdb-c0 = 10.79.0.2/24 (perfdhcp acts as a relay: giaddr 10.79.0.2)
 #
 # pixie: release build, full mode, the example per-arch policy (examples/per-arch; else scripts/boot.rhai)
-# in the loop, leases durable in SQLite (WAL, synchronous=FULL) BEFORE each ACK, state in /tmp.
+# in the loop, leases durable BEFORE each ACK (lease journal written O_DIRECT|O_DSYNC, checkpointed into
+# SQLite), state in /tmp.
 # dnsmasq: lease file in /tmp (it fsyncs in its main loop). Kea: memfile persist=true (appends a CSV
 # line per ACK, no fsync), 1 thread and 2 threads. Every client sends PXE options 60/93/97 so each
 # server puts a boot file in OFFER/ACK (pixie: the policy decides it).
@@ -198,7 +199,7 @@ for rate in $RATES; do
       run_rate "$s" "$rate" "$CLIENTS" "$s"
       stop_server
       # pixie says at exit how many leases each fsync carried.
-      case "$s" in pixie*) grep -ho 'lease writer: .*per fsync)' "$W/$s.out" | sed "s/^/# $s @$rate: /" || true ;; esac
+      case "$s" in pixie*) grep -ho 'lease writer: .*per [a-z]*)' "$W/$s.out" | sed "s/^/# $s @$rate: /" || true ;; esac
     done
   done
 done

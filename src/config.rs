@@ -59,7 +59,8 @@ pub struct ServerSection {
     /// Interfaces to serve (`SO_BINDTODEVICE`); empty = not tied to an interface.
     #[serde(default)]
     pub interfaces: Vec<String>,
-    /// Folder for state that survives restarts (leases, the per-host store): `pixie.db` in it.
+    /// Folder for state that survives restarts: `pixie.db` (leases, the per-host store) and
+    /// `leases.journal` in it.
     pub state_dir: Option<PathBuf>,
 }
 
@@ -263,7 +264,7 @@ pub struct Config {
     pub listen: IpAddr,
     /// Interfaces to tie listeners to (one socket set per interface); empty = one unbound set.
     pub interfaces: Vec<String>,
-    /// State folder (`pixie.db`: leases and the per-host store, SQLite in WAL mode).
+    /// State folder (`pixie.db`: leases and the per-host store, SQLite in WAL mode; `leases.journal`).
     pub state_dir: PathBuf,
     /// DHCPv4 mode.
     pub dhcp_mode: DhcpMode,

@@ -31,7 +31,7 @@ enum Command {
     Check(PolicyDirs),
     /// Run the policy on a synthetic request and print the decision.
     Simulate(SimulateArgs),
-    /// List the leases of full DHCP mode (from <state_dir>/pixie.db).
+    /// List the leases of full DHCP mode (from <state_dir>/pixie.db and leases.journal).
     Leases(LeasesArgs),
     /// Run every client request of a packet capture through the policy.
     Replay(workbench_cli::ReplayArgs),
@@ -87,7 +87,7 @@ struct ServeArgs {
     /// Address to bind.
     #[arg(long)]
     listen: Option<IpAddr>,
-    /// Folder for state that survives restarts (pixie.db).
+    /// Folder for state that survives restarts (pixie.db, leases.journal).
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Full DHCP mode without a config file: hand out START-END; the subnet comes from the
@@ -369,7 +369,7 @@ fn decision_text(b: &BootDecision) -> String {
 
 #[derive(Args, Debug)]
 struct LeasesArgs {
-    /// State folder holding pixie.db [default: from the config, else state/].
+    /// State folder holding pixie.db and leases.journal [default: from the config, else state/].
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Configuration file [default: ./pixie.toml when present].
@@ -381,14 +381,13 @@ struct LeasesArgs {
 }
 
 fn leases(a: LeasesArgs) -> Result<(), Failure> {
-    use pixie::leases::{sqlite::SqliteLeases, unix_now, LeaseBackend};
+    use pixie::leases::{journal, unix_now};
     init_logging("warn");
     let dir = match a.state_dir {
         Some(d) => d,
         None => load_config(a.config.as_deref(), &Overrides::default())?.state_dir,
     };
-    let mut db = SqliteLeases::open_read_only(&dir)?;
-    let rows = db.load()?;
+    let rows = journal::read_all(&dir)?;
     let now = unix_now();
     if a.json {
         let v: Vec<serde_json::Value> = rows
@@ -423,6 +422,6 @@ fn leases(a: LeasesArgs) -> Result<(), Failure> {
             l.hostname.as_deref().unwrap_or("")
         );
     }
-    println!("{} lease record(s) in {}", rows.len(), db.path().display());
+    println!("{} lease record(s) in {}", rows.len(), dir.display());
     Ok(())
 }

@@ -95,13 +95,14 @@ fn bind_one(what: &'static str, addr: SocketAddr, device: Option<&String>, broad
     })
 }
 
-/// Full mode: opens `<state_dir>/pixie.db` and loads the leases (before any socket serves).
+/// Full mode: opens the lease store in the state folder (`pixie.db` behind `leases.journal`) and
+/// loads the leases (before any socket serves).
 fn open_full(cfg: &Config) -> Result<Option<Arc<dhcpv4::full::Full>>, ServerError> {
     if cfg.dhcp_mode != DhcpMode::Full {
         return Ok(None);
     }
     let store = |source| ServerError::Store { dir: cfg.state_dir.clone(), source };
-    let backend = crate::leases::sqlite::SqliteLeases::open(&cfg.state_dir).map_err(store)?;
+    let backend = crate::leases::journal::JournaledLeases::open(&cfg.state_dir).map_err(store)?;
     let full = dhcpv4::full::Full::open(cfg.full.clone(), Box::new(backend)).map_err(store)?;
     Ok(Some(Arc::new(full)))
 }

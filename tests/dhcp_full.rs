@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use pixie::config::{Config, DhcpMode, FileConfig, Overrides};
-use pixie::leases::{sqlite::SqliteLeases, LeaseBackend, LeaseState};
+use pixie::leases::{journal, LeaseState};
 use pixie::policy::{BootDecision, BootRequest, Decision, FnPolicy, PolicyError};
 use pixie::wire::dhcpv4::{self, opt, MessageType, Packet};
 use tokio::net::UdpSocket;
@@ -142,7 +142,7 @@ async fn from_addr(from: Ipv4Addr, to: SocketAddr, payload: &[u8], wait: Duratio
 }
 
 fn stored(dir: &Path) -> Vec<pixie::leases::Lease> {
-    SqliteLeases::open_read_only(&dir.join("state")).unwrap().load().unwrap()
+    journal::read_all(&dir.join("state")).unwrap()
 }
 
 fn u32_opt(p: &Packet, code: u8) -> u32 {

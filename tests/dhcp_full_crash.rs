@@ -161,28 +161,14 @@ fn kill_9_under_load_loses_no_acknowledged_lease() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 100, "too few ACKs before the kill ({})", acked.len());
 
-    // Restart on the same state folder; audit the store.
+    // The store as the crash left it (`pixie leases` reads SQLite and the lease journal without
+    // writing), then after a restart (which replays the journal into SQLite).
+    let before = audit(&leases_json(dir), &acked, "before the restart");
     let server2 = spawn(dir);
     wait_ready(to);
     let rows = leases_json(dir);
-    let mut by_ip: HashMap<String, String> = HashMap::new();
-    let mut bound_macs = HashSet::new();
-    for r in &rows {
-        let (ip, mac) = (r["ip"].as_str().unwrap().to_string(), r["mac"].as_str().unwrap().to_string());
-        assert!(by_ip.insert(ip.clone(), mac.clone()).is_none(), "{ip} stored twice");
-        if r["state"] == "bound" {
-            assert!(bound_macs.insert(mac.clone()), "{mac} holds two addresses");
-        }
-    }
-    let mut missing = 0;
-    for (mac, ip) in &acked {
-        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        if by_ip.get(&ip.to_string()) != Some(&mac) {
-            missing += 1;
-            eprintln!("ACKed {ip} to {mac} but the store has {:?}", by_ip.get(&ip.to_string()));
-        }
-    }
-    assert_eq!(missing, 0, "{missing} of {} ACKed leases lost", acked.len());
+    let after = audit(&rows, &acked, "after the restart");
+    assert_eq!(before, after, "the restart changed the stored leases");
     // After the restart, a new client never gets an ACKed address.
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
@@ -196,6 +182,36 @@ fn kill_9_under_load_loses_no_acknowledged_lease() {
     check_paths_exist(dir);
 }
 
+/// Checks `rows` (from `pixie leases --json`): one row per address, one bound address per MAC,
+/// and every ACKed lease present. Returns the rows as (ip, mac, state).
+fn audit(rows: &[serde_json::Value], acked: &[([u8; 6], Ipv4Addr)], when: &str) -> Vec<(String, String, String)> {
+    let mut by_ip: HashMap<String, String> = HashMap::new();
+    let mut bound_macs = HashSet::new();
+    for r in rows {
+        let (ip, mac) = (r["ip"].as_str().unwrap().to_string(), r["mac"].as_str().unwrap().to_string());
+        assert!(by_ip.insert(ip.clone(), mac.clone()).is_none(), "{when}: {ip} stored twice");
+        if r["state"] == "bound" {
+            assert!(bound_macs.insert(mac.clone()), "{when}: {mac} holds two addresses");
+        }
+    }
+    let mut missing = 0;
+    for (mac, ip) in acked {
+        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        if by_ip.get(&ip.to_string()) != Some(&mac) {
+            missing += 1;
+            eprintln!("{when}: ACKed {ip} to {mac} but the store has {:?}", by_ip.get(&ip.to_string()));
+        }
+    }
+    assert_eq!(missing, 0, "{when}: {missing} of {} ACKed leases lost", acked.len());
+    rows.iter()
+        .map(|r| {
+            let f = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (f("ip"), f("mac"), f("state"))
+        })
+        .collect()
+}
+
 fn check_paths_exist(dir: &Path) {
     assert!(dir.join("state/pixie.db").is_file());
+    assert!(dir.join("state/leases.journal").is_file());
 }

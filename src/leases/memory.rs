@@ -1,16 +1,14 @@
 //! An in-memory [`LeaseBackend`] for tests: the same semantics as SQLite, no disk.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Lease, LeaseBackend, LeaseState, StoreError};
+use super::{Lease, LeaseBackend, LeaseMap, StoreError};
 
 /// Leases in a map shared by every clone (so a test keeps a handle to inspect).
 #[derive(Debug, Clone, Default)]
 pub struct MemoryLeases {
-    rows: Arc<Mutex<BTreeMap<Ipv4Addr, Lease>>>,
+    rows: Arc<Mutex<LeaseMap>>,
     fail: Arc<AtomicBool>,
     /// Time every `apply` takes, like an fsync (microseconds).
     delay_us: Arc<AtomicU64>,
@@ -19,7 +17,7 @@ pub struct MemoryLeases {
 impl MemoryLeases {
     /// Every row, ordered by address.
     pub fn rows(&self) -> Vec<Lease> {
-        self.rows.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.rows.lock().unwrap_or_else(|e| e.into_inner()).rows().cloned().collect()
     }
 
     /// Makes every following `apply` fail (`true`) or succeed again (`false`).
@@ -48,10 +46,7 @@ impl LeaseBackend for MemoryLeases {
         }
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         for l in batch {
-            if l.state == LeaseState::Bound && !l.client.is_empty() {
-                rows.retain(|ip, r| *ip == l.ip || r.client != l.client);
-            }
-            rows.insert(l.ip, l.clone());
+            rows.apply(l);
         }
         Ok(())
     }

@@ -4,10 +4,11 @@
 //!
 //! - [`LeaseBackend`] — the small trait a storage engine implements: load every lease at
 //!   start, and apply one batch of lease records *atomically and durably* (one transaction).
-//!   [`sqlite::SqliteLeases`] is the real one (`<state_dir>/pixie.db`, WAL mode,
-//!   `synchronous=FULL`, so a returned `apply` has been fsynced); [`memory::MemoryLeases`] is
-//!   for tests. A PostgreSQL backend for several servers sharing one lease space fits the same
-//!   trait.
+//!   The server uses [`journal::JournaledLeases`]: each batch is one synchronous write to a
+//!   preallocated journal (`<state_dir>/leases.journal`), checkpointed in bulk into
+//!   [`sqlite::SqliteLeases`] (`<state_dir>/pixie.db`, WAL mode, `synchronous=FULL`), which is
+//!   also a backend on its own. [`memory::MemoryLeases`] is for tests. A PostgreSQL backend for
+//!   several servers sharing one lease space fits the same trait.
 //! - [`LeaseWriter`] — group commit without a thread of its own: the first caller to find no
 //!   commit running takes every queued write and commits them in one transaction (one fsync),
 //!   then runs each record's follow-up (the DHCP worker's: send the ACK). While one fsync is in
@@ -19,9 +20,11 @@
 //! never be recorded as held by two clients. A client that moves to another address has its
 //! old row removed in the same transaction (see [`LeaseBackend::apply`]).
 
+pub mod journal;
 pub mod memory;
 pub mod sqlite;
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,6 +106,65 @@ pub trait LeaseBackend: Send + fmt::Debug + 'static {
     /// crash; on `Err`, none was stored. Each record replaces the row of its address; a
     /// `Bound` record also removes any other row of the same (non-empty) client.
     fn apply(&mut self, batch: &[Lease]) -> Result<(), StoreError>;
+}
+
+/// Lease rows keyed by address, with [`LeaseBackend::apply`]'s rules, in memory: what a journal
+/// replay (and the test backend) builds. The client index keeps a replay linear.
+#[derive(Debug, Default, Clone)]
+pub struct LeaseMap {
+    rows: BTreeMap<Ipv4Addr, Lease>,
+    by_client: HashMap<Vec<u8>, Vec<Ipv4Addr>>,
+}
+
+impl LeaseMap {
+    /// A map holding `rows` (as loaded from a store: one row per address).
+    pub fn from_rows(rows: Vec<Lease>) -> LeaseMap {
+        let mut m = LeaseMap::default();
+        for l in rows {
+            m.put(l);
+        }
+        m
+    }
+
+    /// Applies one record: it replaces its address's row; a `Bound` one also removes every other
+    /// row of its (non-empty) client.
+    pub fn apply(&mut self, l: &Lease) {
+        if l.state == LeaseState::Bound && !l.client.is_empty() {
+            if let Some(ips) = self.by_client.remove(&l.client) {
+                for ip in ips.into_iter().filter(|ip| *ip != l.ip) {
+                    self.rows.remove(&ip);
+                }
+            }
+        }
+        self.put(l.clone());
+    }
+
+    fn put(&mut self, l: Lease) {
+        if let Some(old) = self.rows.get(&l.ip) {
+            if old.client != l.client {
+                if let Some(ips) = self.by_client.get_mut(&old.client) {
+                    ips.retain(|ip| *ip != l.ip);
+                }
+            }
+        }
+        if !l.client.is_empty() {
+            let ips = self.by_client.entry(l.client.clone()).or_default();
+            if !ips.contains(&l.ip) {
+                ips.push(l.ip);
+            }
+        }
+        self.rows.insert(l.ip, l);
+    }
+
+    /// Every row, ordered by address.
+    pub fn rows(&self) -> impl Iterator<Item = &Lease> + '_ {
+        self.rows.values()
+    }
+
+    /// Every row, ordered by address.
+    pub fn into_rows(self) -> Vec<Lease> {
+        self.rows.into_values().collect()
+    }
 }
 
 /// Counters of the group commit.

@@ -25,6 +25,12 @@ CREATE TABLE IF NOT EXISTS dhcp4_leases (
     updated  INTEGER NOT NULL       -- Unix seconds of the last write
 );
 CREATE INDEX IF NOT EXISTS dhcp4_leases_client ON dhcp4_leases(client);
+-- The generation of the lease journal (src/leases/journal.rs) whose records this table already
+-- holds: frames of an older generation are never replayed. Written in the checkpoint's transaction.
+CREATE TABLE IF NOT EXISTS lease_journal (
+    id         INTEGER PRIMARY KEY CHECK (id = 0),
+    generation INTEGER NOT NULL
+);
 ";
 
 fn err(e: rusqlite::Error) -> StoreError {
@@ -78,81 +84,128 @@ impl SqliteLeases {
 
 impl LeaseBackend for SqliteLeases {
     fn load(&mut self) -> Result<Vec<Lease>, StoreError> {
-        let exists: bool = self
-            .conn
-            .query_row("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='dhcp4_leases'", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(err)?
-            > 0;
-        if !exists {
-            return Ok(Vec::new());
-        }
-        let mut st = self
-            .conn
-            .prepare("SELECT ip, client, mac, hostname, state, expires FROM dhcp4_leases ORDER BY ip")
-            .map_err(err)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            })
-            .map_err(err)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (ip, client, mac, hostname, state, expires) = row.map_err(err)?;
-            let state = LeaseState::from_name(&state)
-                .ok_or_else(|| StoreError(format!("row {ip}: unknown state '{state}'")))?;
-            out.push(Lease {
-                ip: Ipv4Addr::from(ip as u32),
-                client,
-                mac: mac.parse().unwrap_or(HwAddr(Vec::new())),
-                hostname,
-                state,
-                expires: expires.max(0) as u64,
-            });
-        }
-        Ok(out)
+        read_rows(&self.conn)
     }
 
     fn apply(&mut self, batch: &[Lease]) -> Result<(), StoreError> {
-        let now = super::unix_now() as i64;
         let tx = self.conn.transaction().map_err(err)?;
-        {
-            let mut moved = tx
-                .prepare_cached("DELETE FROM dhcp4_leases WHERE client = ?1 AND ip <> ?2")
-                .map_err(err)?;
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO dhcp4_leases (ip, client, mac, hostname, state, expires, updated)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(err)?;
-            for l in batch {
-                let ip = u32::from(l.ip) as i64;
-                if l.state == LeaseState::Bound && !l.client.is_empty() {
-                    moved.execute(params![l.client, ip]).map_err(err)?;
-                }
-                put.execute(params![
-                    ip,
-                    l.client,
-                    l.mac.to_string(),
-                    l.hostname,
-                    l.state.as_str(),
-                    l.expires as i64,
-                    now
-                ])
-                .map_err(err)?;
-            }
-        }
+        write_rows(&tx, batch)?;
         tx.commit().map_err(err)
     }
+}
+
+impl SqliteLeases {
+    /// The journal generation this table holds everything of (0: none recorded yet).
+    pub fn journal_generation(&self) -> Result<u64, StoreError> {
+        journal_generation(&self.conn)
+    }
+
+    /// Every lease and the journal generation they include, read in one transaction (so a
+    /// checkpoint by the server cannot fall between the two reads).
+    pub fn load_with_generation(&mut self) -> Result<(Vec<Lease>, u64), StoreError> {
+        let tx = self.conn.transaction().map_err(err)?;
+        let rows = read_rows(&tx)?;
+        let generation = journal_generation(&tx)?;
+        tx.commit().map_err(err)?;
+        Ok((rows, generation))
+    }
+
+    /// Stores `batch` (as [`LeaseBackend::apply`]) and records `generation` as the journal
+    /// generation the table now holds, in one durable transaction.
+    pub fn checkpoint(&mut self, batch: &[Lease], generation: u64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(err)?;
+        write_rows(&tx, batch)?;
+        tx.execute("INSERT OR REPLACE INTO lease_journal (id, generation) VALUES (0, ?1)", params![generation as i64])
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+}
+
+fn table_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?1", [name], |r| r.get(0))
+        .map_err(err)?;
+    Ok(n > 0)
+}
+
+fn journal_generation(conn: &Connection) -> Result<u64, StoreError> {
+    if !table_exists(conn, "lease_journal")? {
+        return Ok(0);
+    }
+    let g: Option<i64> = conn
+        .query_row("SELECT generation FROM lease_journal WHERE id = 0", [], |r| r.get(0))
+        .map(Some)
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+        .map_err(err)?;
+    Ok(g.unwrap_or(0).max(0) as u64)
+}
+
+/// Every lease row (none when the table does not exist yet).
+fn read_rows(conn: &Connection) -> Result<Vec<Lease>, StoreError> {
+    if !table_exists(conn, "dhcp4_leases")? {
+        return Ok(Vec::new());
+    }
+    let mut st = conn
+        .prepare("SELECT ip, client, mac, hostname, state, expires FROM dhcp4_leases ORDER BY ip")
+        .map_err(err)?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .map_err(err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (ip, client, mac, hostname, state, expires) = row.map_err(err)?;
+        let state = LeaseState::from_name(&state)
+            .ok_or_else(|| StoreError(format!("row {ip}: unknown state '{state}'")))?;
+        out.push(Lease {
+            ip: Ipv4Addr::from(ip as u32),
+            client,
+            mac: mac.parse().unwrap_or(HwAddr(Vec::new())),
+            hostname,
+            state,
+            expires: expires.max(0) as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes `batch` inside the caller's transaction (see [`LeaseBackend::apply`]).
+fn write_rows(tx: &Connection, batch: &[Lease]) -> Result<(), StoreError> {
+    let now = super::unix_now() as i64;
+    let mut moved = tx
+        .prepare_cached("DELETE FROM dhcp4_leases WHERE client = ?1 AND ip <> ?2")
+        .map_err(err)?;
+    let mut put = tx
+        .prepare_cached(
+            "INSERT OR REPLACE INTO dhcp4_leases (ip, client, mac, hostname, state, expires, updated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(err)?;
+    for l in batch {
+        let ip = u32::from(l.ip) as i64;
+        if l.state == LeaseState::Bound && !l.client.is_empty() {
+            moved.execute(params![l.client, ip]).map_err(err)?;
+        }
+        put.execute(params![
+            ip,
+            l.client,
+            l.mac.to_string(),
+            l.hostname,
+            l.state.as_str(),
+            l.expires as i64,
+            now
+        ])
+        .map_err(err)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ impl Full {
         Ok(Full { cfg, table: Mutex::new(table), writer, exhausted_log: Mutex::default() })
     }
 
-    /// The group-commit writer (its counters tell how many leases each fsync carried).
+    /// The group-commit writer (its counters tell how many leases each durable write carried).
     pub fn writer(&self) -> &LeaseWriter {
         &self.writer
     }
@@ -114,7 +114,7 @@ impl Drop for Full {
             commits,
             records,
             failures = st.failures.load(Ordering::Relaxed),
-            "lease writer: {records} lease record(s) in {commits} transaction(s) ({:.1} per fsync)",
+            "lease writer: {records} lease record(s) in {commits} durable write(s) ({:.1} per write)",
             records as f64 / commits.max(1) as f64
         );
     }
