@@ -126,7 +126,10 @@ struct Job {
 
 #[derive(Debug, Default)]
 struct CheckpointState {
+    /// The job waiting for the thread (or failed, to be retried).
     job: Option<Job>,
+    /// The thread is storing a job in SQLite right now.
+    running: bool,
     stop: bool,
     /// The last failure of the current job (it is retried every second).
     error: Option<StoreError>,
@@ -138,6 +141,8 @@ struct Checkpointer {
     shared: Arc<(Mutex<CheckpointState>, Condvar)>,
     db: Arc<Mutex<SqliteLeases>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// How long a commit waits for a checkpoint that must finish first.
+    wait: Duration,
 }
 
 impl Checkpointer {
@@ -148,7 +153,7 @@ impl Checkpointer {
             .name("lease-checkpoint".into())
             .spawn(move || Checkpointer::run(&sh, &db2))
             .map_err(|e| StoreError(format!("cannot start the lease checkpoint thread: {e}")))?;
-        Ok(Checkpointer { shared, db, thread: Some(thread) })
+        Ok(Checkpointer { shared, db, thread: Some(thread), wait: CHECKPOINT_WAIT })
     }
 
     fn run(shared: &(Mutex<CheckpointState>, Condvar), db: &Mutex<SqliteLeases>) {
@@ -162,9 +167,11 @@ impl Checkpointer {
                 st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
                 continue;
             };
+            st.running = true;
             drop(st);
             let r = lock(db).checkpoint(&job.records, job.next);
             st = lock(m);
+            st.running = false;
             match r {
                 Ok(()) => {
                     tracing::debug!(records = job.records.len(), generation = job.next, "lease journal checkpointed");
@@ -188,11 +195,11 @@ impl Checkpointer {
         }
     }
 
-    /// Waits (at most `limit`) until no checkpoint is queued or running.
-    fn wait_idle(&self, limit: Duration) -> Result<(), StoreError> {
+    /// Waits (at most `self.wait`) until no checkpoint is queued, failed or running.
+    fn wait_idle(&self) -> Result<(), StoreError> {
         let (m, cv) = &*self.shared;
         let (st, timeout) = cv
-            .wait_timeout_while(lock(m), limit, |st| st.job.is_some() || st.error.is_some() && !st.stop)
+            .wait_timeout_while(lock(m), self.wait, |st| st.job.is_some() || st.running)
             .unwrap_or_else(|e| e.into_inner());
         if timeout.timed_out() {
             return Err(StoreError(match &st.error {
@@ -205,7 +212,7 @@ impl Checkpointer {
 
     fn is_idle(&self) -> bool {
         let st = lock(&self.shared.0);
-        st.job.is_none() && st.error.is_none()
+        st.job.is_none() && !st.running
     }
 
     fn submit(&self, job: Job) {
@@ -312,7 +319,7 @@ impl JournaledLeases {
     /// thread. Waits first if the previous checkpoint has not finished (the other half holds its
     /// frames).
     fn rotate(&mut self) -> Result<(), StoreError> {
-        self.checkpointer.wait_idle(CHECKPOINT_WAIT)?;
+        self.checkpointer.wait_idle()?;
         let records = std::mem::take(&mut self.current);
         self.generation += 1;
         self.seq = 0;
@@ -325,7 +332,7 @@ impl JournaledLeases {
     /// Moves every journal record into SQLite now (with `batch`, not in the journal, in the same
     /// transaction) and starts a new generation.
     pub fn checkpoint(&mut self, batch: &[Lease]) -> Result<(), StoreError> {
-        self.checkpointer.wait_idle(CHECKPOINT_WAIT)?;
+        self.checkpointer.wait_idle()?;
         let mut all = std::mem::take(&mut self.current);
         let kept = all.len();
         all.extend_from_slice(batch);
@@ -376,7 +383,7 @@ impl LeaseBackend for JournaledLeases {
     fn load(&mut self) -> Result<Vec<Lease>, StoreError> {
         // `open` replayed the journal into SQLite; after that, SQLite lags by what is queued for
         // the checkpoint and the current generation.
-        self.checkpointer.wait_idle(CHECKPOINT_WAIT)?;
+        self.checkpointer.wait_idle()?;
         let rows = lock(&self.checkpointer.db).load()?;
         let mut map = LeaseMap::from_rows(rows);
         self.current.iter().for_each(|l| map.apply(l));
@@ -754,10 +761,26 @@ mod tests {
             std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
         }
         assert_eq!(JournaledLeases::open(copy.path()).unwrap().load().unwrap(), expected(&all));
+        // The eighth frame fills generation g + 1's half; the ninth needs the first half back,
+        // whose frames the stuck checkpoint has not stored yet: it waits, then fails (no ACK).
+        let b8 = vec![lease(7, 7, LeaseState::Bound, 107)];
+        j.apply(&b8).unwrap();
+        all.push(b8);
+        j.checkpointer.wait = Duration::from_millis(300);
+        let b9 = vec![lease(8, 8, LeaseState::Bound, 108)];
+        let e = j.apply(&b9).unwrap_err();
+        assert!(e.0.contains("still running"), "{e}");
+        assert_eq!(read_all(dir.path()).unwrap(), expected(&all), "a refused batch was stored, or a frame lost");
         drop(held);
-        j.checkpointer.wait_idle(Duration::from_secs(20)).unwrap();
+        j.checkpointer.wait = Duration::from_secs(20);
+        j.checkpointer.wait_idle().unwrap();
         assert_eq!(SqliteLeases::open_read_only(dir.path()).unwrap().load().unwrap(), expected(&all[..4]));
+        j.apply(&b9).unwrap();
+        all.push(b9);
+        assert_eq!(j.generation(), g + 2);
+        j.crash();
         assert_eq!(read_all(dir.path()).unwrap(), expected(&all));
+        assert_eq!(JournaledLeases::open(dir.path()).unwrap().load().unwrap(), expected(&all));
     }
 
     #[test]
