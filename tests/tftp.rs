@@ -21,6 +21,9 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::pattern;
+
 /// How long the test policy's hook takes for the path "slow".
 const SLOW_HOOK: Duration = Duration::from_millis(1000);
 
@@ -61,18 +64,6 @@ struct Server {
     policy: Arc<TestPolicy>,
     clients: ClientTable,
     _dir: tempfile::TempDir,
-}
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 async fn start_with(addr: &str, cfg: impl FnOnce(&mut TftpConfig)) -> Server {

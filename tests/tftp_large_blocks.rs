@@ -16,17 +16,8 @@ use pixie::wire::tftp::{Mode, Packet, Request};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+mod common;
+use common::pattern;
 
 async fn recv(sock: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
     let mut buf = vec![0u8; 70_000];

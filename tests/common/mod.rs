@@ -107,3 +107,16 @@ pub fn client_requests(path: &Path) -> Vec<(u16, Vec<u8>)> {
         .map(|d| (d.dst.port(), d.payload))
         .collect()
 }
+
+/// `len` pseudo-random bytes (xorshift from `seed`): test files whose every block differs.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
