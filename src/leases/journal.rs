@@ -135,6 +135,13 @@ struct CheckpointState {
     error: Option<StoreError>,
 }
 
+impl CheckpointState {
+    /// A job is queued, running, or failed and waiting for its retry.
+    fn busy(&self) -> bool {
+        self.job.is_some() || self.running
+    }
+}
+
 /// The background thread that moves a finished generation into SQLite.
 #[derive(Debug)]
 struct Checkpointer {
@@ -199,7 +206,7 @@ impl Checkpointer {
     fn wait_idle(&self) -> Result<(), StoreError> {
         let (m, cv) = &*self.shared;
         let (st, timeout) = cv
-            .wait_timeout_while(lock(m), self.wait, |st| st.job.is_some() || st.running)
+            .wait_timeout_while(lock(m), self.wait, |st| st.busy())
             .unwrap_or_else(|e| e.into_inner());
         if timeout.timed_out() {
             return Err(StoreError(match &st.error {
@@ -211,8 +218,7 @@ impl Checkpointer {
     }
 
     fn is_idle(&self) -> bool {
-        let st = lock(&self.shared.0);
-        st.job.is_none() && !st.running
+        !lock(&self.shared.0).busy()
     }
 
     fn submit(&self, job: Job) {
@@ -295,38 +301,23 @@ impl JournaledLeases {
         })
     }
 
-    /// Whether journal writes bypass the page cache (`O_DIRECT`); else they are `O_DSYNC` only.
-    pub fn is_direct(&self) -> bool {
-        self.direct
-    }
-
-    /// The journal file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The generation being written.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// Records of the current generation (in the journal, not yet handed to the checkpoint).
-    pub fn unflushed(&self) -> usize {
-        self.current.len()
-    }
-
     /// Starts the next generation in the other half and hands the current one to the checkpoint
     /// thread. Waits first if the previous checkpoint has not finished (the other half holds its
     /// frames).
     fn rotate(&mut self) -> Result<(), StoreError> {
         self.checkpointer.wait_idle()?;
         let records = std::mem::take(&mut self.current);
+        self.next_generation();
+        self.checkpointer.submit(Job { records, next: self.generation });
+        Ok(())
+    }
+
+    /// Moves writing to the first block of the next generation's half.
+    fn next_generation(&mut self) {
         self.generation += 1;
         self.seq = 0;
         self.next_block = 0;
         self.oldest = None;
-        self.checkpointer.submit(Job { records, next: self.generation });
-        Ok(())
     }
 
     /// Moves every journal record into SQLite now (with `batch`, not in the journal, in the same
@@ -339,10 +330,7 @@ impl JournaledLeases {
         let r = lock(&self.checkpointer.db).checkpoint(&all, self.generation + 1);
         match r {
             Ok(()) => {
-                self.generation += 1;
-                self.seq = 0;
-                self.next_block = 0;
-                self.oldest = None;
+                self.next_generation();
                 Ok(())
             }
             Err(e) => {
@@ -679,7 +667,7 @@ mod tests {
         for b in batches() {
             j.apply(&b).unwrap();
         }
-        assert_eq!(j.unflushed(), batches().concat().len(), "nothing should be checkpointed yet");
+        assert_eq!(j.current.len(), batches().concat().len(), "nothing should be checkpointed yet");
         j.crash();
         let want = expected(&batches());
         // SQLite alone does not have them yet; the journal does.
@@ -688,7 +676,7 @@ mod tests {
         // A restart replays them into SQLite and starts a new generation.
         let mut j = JournaledLeases::open(dir.path()).unwrap();
         assert_eq!(j.load().unwrap(), want);
-        assert_eq!(j.unflushed(), 0);
+        assert_eq!(j.current.len(), 0);
         drop(j);
         assert_eq!(SqliteLeases::open_read_only(dir.path()).unwrap().load().unwrap(), want);
         assert_eq!(read_all(dir.path()).unwrap(), want);
@@ -742,7 +730,7 @@ mod tests {
         // The checkpoint thread cannot reach SQLite while this is held: a slow checkpoint.
         let db = j.checkpointer.db.clone();
         let held = lock(&db);
-        let g = j.generation();
+        let g = j.generation;
         for i in 0..7u8 {
             let b = vec![lease(i, i, LeaseState::Bound, 100 + u64::from(i))];
             let t = Instant::now();
@@ -751,7 +739,7 @@ mod tests {
             all.push(b);
         }
         // Four frames filled generation g's half; the next three went to the other half.
-        assert_eq!(j.generation(), g + 1);
+        assert_eq!(j.generation, g + 1);
         assert!(!j.checkpointer.is_idle());
         // What a crash now would leave: SQLite without either generation.
         assert_eq!(read_all(dir.path()).unwrap(), expected(&all));
@@ -777,7 +765,7 @@ mod tests {
         assert_eq!(SqliteLeases::open_read_only(dir.path()).unwrap().load().unwrap(), expected(&all[..4]));
         j.apply(&b9).unwrap();
         all.push(b9);
-        assert_eq!(j.generation(), g + 2);
+        assert_eq!(j.generation, g + 2);
         j.crash();
         assert_eq!(read_all(dir.path()).unwrap(), expected(&all));
         assert_eq!(JournaledLeases::open(dir.path()).unwrap().load().unwrap(), expected(&all));
@@ -788,15 +776,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let limits = Limits { blocks: 8, records: 10, age: Duration::from_secs(3600) };
         let mut j = JournaledLeases::open_with(dir.path(), limits).unwrap();
-        let g0 = j.generation();
+        let g0 = j.generation;
         let mut all = Vec::new();
         for i in 0..30u8 {
             let b = vec![lease(i, i, LeaseState::Bound, 100 + u64::from(i))];
             j.apply(&b).unwrap();
             all.push(b);
-            assert!(j.unflushed() <= 10 && j.next_block <= j.half, "{} records, block {}", j.unflushed(), j.next_block);
+            assert!(j.current.len() <= 10 && j.next_block <= j.half, "{} records, block {}", j.current.len(), j.next_block);
         }
-        assert!(j.generation() >= g0 + 7, "30 one-record frames in halves of 4 blocks: {} checkpoints", j.generation() - g0);
+        assert!(j.generation >= g0 + 7, "30 one-record frames in halves of 4 blocks: {} checkpoints", j.generation - g0);
         j.crash();
         assert_eq!(read_all(dir.path()).unwrap(), expected(&all));
         assert_eq!(JournaledLeases::open(dir.path()).unwrap().load().unwrap(), expected(&all));
@@ -804,7 +792,7 @@ mod tests {
         let mut j = JournaledLeases::open_with(dir.path(), Limits { blocks: 1, ..limits }).unwrap();
         let big: Vec<Lease> = (0..200u8).map(|i| lease(i, i, LeaseState::Released, 7)).collect();
         j.apply(&big).unwrap();
-        assert_eq!(j.unflushed(), 0);
+        assert_eq!(j.current.len(), 0);
     }
 
     #[test]
@@ -816,8 +804,8 @@ mod tests {
         let flags = fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim();
         let flags = i32::from_str_radix(flags, 8).unwrap();
         assert_ne!(flags & libc::O_DSYNC, 0, "journal writes are not O_DSYNC: {fdinfo}");
-        assert_eq!(flags & libc::O_DIRECT != 0, j.is_direct());
-        if !j.is_direct() {
+        assert_eq!(flags & libc::O_DIRECT != 0, j.direct);
+        if !j.direct {
             println!("note: no O_DIRECT for the journal on this file system (O_DSYNC alone)");
         }
         let e = JournaledLeases::open(dir.path()).unwrap_err();

@@ -6,7 +6,7 @@
 //! a returned [`LeaseBackend::apply`] durable across power loss, not only across `kill -9`.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags};
@@ -41,7 +41,6 @@ fn err(e: rusqlite::Error) -> StoreError {
 #[derive(Debug)]
 pub struct SqliteLeases {
     conn: Connection,
-    path: PathBuf,
 }
 
 impl SqliteLeases {
@@ -58,7 +57,7 @@ impl SqliteLeases {
         }
         conn.execute_batch("PRAGMA synchronous=FULL;").map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        Ok(SqliteLeases { conn, path })
+        Ok(SqliteLeases { conn })
     }
 
     /// Opens an existing database read-only (for `pixie leases`).
@@ -73,12 +72,7 @@ impl SqliteLeases {
         let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        Ok(SqliteLeases { conn, path })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(SqliteLeases { conn })
     }
 }
 
