@@ -41,7 +41,8 @@ REPEATS=1
 PERFDIR=""
 W=/tmp/pixie-bench/dhcp
 # The example per-arch policy when the repository has it, else the shipped one.
-POLICY=$REPO/examples/per-arch
+# PIXIE_BENCH_POLICY=DIR (with DIR/scripts, DIR/plugins) measures another policy.
+POLICY=${PIXIE_BENCH_POLICY:-$REPO/examples/per-arch}
 [ -d "$POLICY/scripts" ] || POLICY=$REPO
 NS_S=pxdb-s NS_C=pxdb-c
 
