@@ -200,7 +200,7 @@ for rate in $RATES; do
       run_rate "$s" "$rate" "$CLIENTS" "$s"
       stop_server
       # pixie says at exit how many leases each fsync carried.
-      case "$s" in pixie*) grep -ho 'lease writer: .*per [a-z]*)' "$W/$s.out" | sed "s/^/# $s @$rate: /" || true ;; esac
+      case "$s" in pixie*) grep -ho 'lease writer: .*ms)' "$W/$s.out" | sed "s/^/# $s @$rate: /" || true ;; esac
     done
   done
 done

@@ -21,12 +21,12 @@ pub const STANDARD_DHCP_PORT: u16 = 67;
 pub const STANDARD_PXE_PORT: u16 = 4011;
 /// TFTP.
 pub const STANDARD_TFTP_PORT: u16 = 69;
+/// `[dhcp] batch_ms` unless set: under load, requests are taken every 2 ms.
+pub const DEFAULT_DHCP_BATCH_MS: f64 = 2.0;
+
 /// Worker threads per DHCP listener unless `[dhcp] workers` says otherwise: twice the CPUs,
-/// at least 4 and at most 64. No worker waits for a lease commit (the committing one sends the
-/// ACKs), so workers only need to cover the CPUs plus a few slow policy calls. More cost CPU:
-/// the kernel hands each datagram to the worker that has waited longest, so with many workers
-/// every request runs on a thread whose caches went cold (at 1,000 DORA/s on 2 CPUs, 16
-/// workers spent ~30 % more CPU per exchange than 4; bench/RESULTS-dhcp.md).
+/// at least 4 and at most 64. One drives the listener's socket at a time; the others stand by
+/// (parked) to take it over while it blocks in a slow policy call or a slow commit.
 pub fn default_dhcp_workers() -> usize {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     (2 * cpus).clamp(4, 64)
@@ -83,8 +83,12 @@ pub struct DhcpSection {
     pub decline_time: Option<u32>,
     /// Full mode: how long an offered address is held for the client, seconds (default 30).
     pub offer_time: Option<u32>,
-    /// Worker threads per DHCP listener: requests handled at once (default [`default_dhcp_workers`], 1..=256).
+    /// Worker threads per DHCP listener: one drives the socket, the others stand by for slow
+    /// calls (default [`default_dhcp_workers`], 1..=256).
     pub workers: Option<usize>,
+    /// Under load, how long requests gather before a worker takes them all, milliseconds
+    /// (default [`DEFAULT_DHCP_BATCH_MS`], 0..=50; 0: as soon as they arrive).
+    pub batch_ms: Option<f64>,
     /// Full mode: `[[dhcp.subnet]]` tables.
     #[serde(default)]
     pub subnet: Vec<SubnetSection>,
@@ -276,6 +280,8 @@ pub struct Config {
     pub server_ip: Option<Ipv4Addr>,
     /// Worker threads per DHCP listener.
     pub dhcp_workers: usize,
+    /// `[dhcp] batch_ms`.
+    pub dhcp_batch: std::time::Duration,
     /// TFTP on or off.
     pub tftp_enabled: bool,
     /// TFTP port.
@@ -432,6 +438,11 @@ impl Config {
         if !(1..=256).contains(&dhcp_workers) {
             return Err(err("dhcp.workers", format!("{dhcp_workers} is outside 1..=256")));
         }
+        let batch_ms = f.dhcp.batch_ms.unwrap_or(DEFAULT_DHCP_BATCH_MS);
+        if !(0.0..=50.0).contains(&batch_ms) {
+            return Err(err("dhcp.batch_ms", format!("{batch_ms} is outside 0..=50 (milliseconds; 0 takes each request as it arrives)")));
+        }
+        let dhcp_batch = std::time::Duration::from_secs_f64(batch_ms / 1000.0);
         let busy_poll_us = f.tftp.busy_poll_us.unwrap_or(crate::tftp::DEFAULT_BUSY_POLL.as_micros() as u64);
         if busy_poll_us > 1000 {
             return Err(err("tftp.busy_poll_us", format!("{busy_poll_us} is over 1000 (a millisecond); 0 turns polling off")));
@@ -450,6 +461,7 @@ impl Config {
             pxe_port: port(ov.pxe_port, f.dhcp.pxe_port, STANDARD_PXE_PORT),
             server_ip,
             dhcp_workers,
+            dhcp_batch,
             tftp_enabled: f.tftp.enabled.unwrap_or(true),
             tftp_port: port(ov.tftp_port, f.tftp.port, STANDARD_TFTP_PORT),
             tftp_root: ov.tftp_root.clone().unwrap_or_else(|| resolve(f.tftp.root.unwrap_or("tftproot".into()))),

@@ -6,6 +6,7 @@
 //!
 //! | module | what it owns |
 //! |---|---|
+//! | [`handoff`] | how code deep inside a request says "this thread is about to be slow" to the server driving it. |
 //! | [`wire`] | pure parse/emit of DHCPv4 (on `dhcproto`), PXE sub-options, TFTP packets, the IANA architecture registry, and a pcap/pcapng reader. No sockets, no tokio, no Rhai. Fuzzed. |
 //! | [`policy`] | the contract: [`policy::BootRequest`] in, [`policy::Decision`] out, behind the [`policy::Policy`] trait. [`policy::rhai`] is the only module that knows Rhai. |
 //! | [`net`] | UDP sockets that report and choose the interface of each datagram (`IP_PKTINFO`). |
@@ -24,6 +25,7 @@
 pub mod clients;
 pub mod config;
 pub mod dhcpv4;
+pub mod handoff;
 pub mod leases;
 pub mod net;
 pub mod policy;

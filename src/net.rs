@@ -152,13 +152,12 @@ impl PktSocket {
         sendmsg_fd(self.sock.as_raw_fd(), self.v6, buf, to, src, ifindex)
     }
 
-    /// Turns this socket into a blocking one for worker threads; `recv` then returns
-    /// `WouldBlock`/`TimedOut` after `timeout` without a datagram. Must be called inside the
-    /// tokio runtime that registered the socket.
-    pub fn into_blocking(self, timeout: std::time::Duration) -> io::Result<SyncPktSocket> {
+    /// Turns this socket into one that worker threads drive themselves, outside the tokio
+    /// runtime: [`SyncPktSocket::wait_readable`] sleeps, [`SyncPktSocket::recv`] never does.
+    /// Must be called inside the tokio runtime that registered the socket.
+    pub fn into_sync(self) -> io::Result<SyncPktSocket> {
         let sock = self.sock.into_std()?;
-        sock.set_nonblocking(false)?;
-        sock.set_read_timeout(Some(timeout))?;
+        sock.set_nonblocking(true)?;
         let one: libc::c_int = 1;
         // SO_RXQ_OVFL: each datagram carries the socket's count of datagrams the kernel dropped
         // because the receive buffer was full, so overload is counted, not silent.
@@ -177,8 +176,9 @@ impl PktSocket {
     }
 }
 
-/// A blocking [`PktSocket`] shared by worker threads (each blocks in `recv`; the kernel wakes one
-/// per datagram).
+/// A non-blocking [`PktSocket`] driven by worker threads: they sleep in
+/// [`SyncPktSocket::wait_readable`] (or on a timer) and take what has arrived with
+/// [`SyncPktSocket::recv`].
 #[derive(Debug)]
 pub struct SyncPktSocket {
     sock: std::net::UdpSocket,
@@ -199,9 +199,14 @@ impl SyncPktSocket {
         self.sock.as_raw_fd()
     }
 
-    /// Blocks for one datagram (at most the timeout given to [`PktSocket::into_blocking`]).
-    /// Also returns how many datagrams the kernel dropped for a full receive buffer since the
-    /// previous call on any thread (0 when the kernel does not report it).
+    /// Sleeps until a datagram is waiting (`true`) or `timeout` passed (`false`).
+    pub fn wait_readable(&self, timeout: std::time::Duration) -> io::Result<bool> {
+        wait_fd(self.sock.as_raw_fd(), libc::POLLIN, timeout)
+    }
+
+    /// Takes one waiting datagram (`WouldBlock` when there is none). Also returns how many
+    /// datagrams the kernel dropped for a full receive buffer since the previous call on any
+    /// thread (0 when the kernel does not report it).
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, PktInfo, u32)> {
         let (n, from, info, drops) = recvmsg_fd(self.sock.as_raw_fd(), self.v6, buf)?;
         let new = match drops {
@@ -216,12 +221,33 @@ impl SyncPktSocket {
 
     /// Sends like [`PktSocket::send`], blocking.
     pub fn send(&self, buf: &[u8], to: SocketAddr, src: Option<IpAddr>, ifindex: u32) -> io::Result<usize> {
+        let mut waited = false;
         loop {
             match sendmsg_fd(self.sock.as_raw_fd(), self.v6, buf, to, src, ifindex) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Non-blocking: a full send buffer is waited out once, briefly.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !waited => {
+                    waited = true;
+                    wait_fd(self.sock.as_raw_fd(), libc::POLLOUT, std::time::Duration::from_millis(100))?;
+                }
                 r => return r,
             }
         }
+    }
+}
+
+/// `poll(2)` on one descriptor: `true` when `events` are ready within `timeout`.
+fn wait_fd(fd: std::os::fd::RawFd, events: libc::c_short, timeout: std::time::Duration) -> io::Result<bool> {
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    // SAFETY: one valid pollfd.
+    match unsafe { libc::poll(&mut p, 1, ms) } {
+        n if n < 0 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) }
+        }
+        0 => Ok(false),
+        _ => Ok(true),
     }
 }
 

@@ -160,6 +160,7 @@ impl Server {
             clients: self.clients.clone(),
             stats: self.stats.clone(),
             workers: cfg.dhcp_workers,
+            batch: cfg.dhcp_batch,
             full: self.full.clone(),
         };
         let tcfg = TftpConfig {

@@ -220,3 +220,40 @@ async fn a_burst_beyond_the_workers_is_counted_as_overloaded() {
     assert_eq!(r.file, b"x.0");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_stalled_without_warning_loses_the_socket_to_a_standby() {
+    // A policy that blocks for one client without telling anyone (a plain closure: no Rhai
+    // progress hook, nothing calls crate::handoff). The watcher must notice the stalled batch
+    // and take the socket over, so the next client is answered long before the stall ends.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = loopback_config(tmp.path());
+    cfg.dhcp_workers = 2;
+    let policy = Arc::new(FnPolicy(|r: &BootRequest| {
+        if r.mac.0.last() == Some(&0x66) {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        Ok(Decision::Boot(BootDecision { filename: Some("x.0".into()), ..Default::default() }))
+    }));
+    let srv = start(cfg, policy).await;
+    let vendor = b"PXEClient:Arch:00000:UNDI:002001";
+    // Traffic first, so the watcher checks every few milliseconds.
+    assert!(exchange(srv.dhcp, &discover(vendor, &[93, 2, 0, 0]), WAIT).await.is_some());
+    let mut stuck = discover(vendor, &[93, 2, 0, 0]);
+    stuck[33] = 0x66;
+    stuck[4..8].copy_from_slice(&[6, 6, 6, 6]);
+    let to = srv.dhcp;
+    let slow = tokio::spawn(async move {
+        let t = std::time::Instant::now();
+        (exchange(to, &stuck, Duration::from_secs(5)).await, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    let r = exchange(srv.dhcp, &discover(vendor, &[93, 2, 0, 0]), WAIT).await.expect("the other client got no answer");
+    let quick = t.elapsed();
+    assert_eq!(r.file, b"x.0");
+    assert!(quick < Duration::from_millis(600), "the other client waited {quick:?} behind the stalled worker");
+    let (stalled, took) = slow.await.unwrap();
+    assert!(stalled.is_some(), "the stalled request was never answered");
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+}

@@ -9,12 +9,14 @@
 //!   [`sqlite::SqliteLeases`] (`<state_dir>/pixie.db`, WAL mode, `synchronous=FULL`), which is
 //!   also a backend on its own. [`memory::MemoryLeases`] is for tests. A PostgreSQL backend for
 //!   several servers sharing one lease space fits the same trait.
-//! - [`LeaseWriter`] — group commit without a thread of its own: the first caller to find no
-//!   commit running takes every queued write and commits them in one transaction (one fsync),
-//!   then runs each record's follow-up (the DHCP worker's: send the ACK). While one fsync is in
-//!   flight the next batch queues up, so at 2,000 ACKs/s a commit carries several leases
-//!   instead of costing one fsync each. An ACK is only ever sent by that follow-up, after its
-//!   transaction committed: no ACK leaves for a lease that is not on disk.
+//! - [`LeaseWriter`] — group commit without a thread of its own: records are queued with what
+//!   to do once they are durable, and the first caller of [`LeaseWriter::commit`] to find no
+//!   commit running takes every queued record and commits them in one transaction (one durable
+//!   write), then runs each record's follow-up (the DHCP server's: send the ACK). The DHCP
+//!   server queues the ACKs of a whole batch of requests and commits once per batch, and while
+//!   one write is in flight the next batch queues up, so at 2,000 ACKs/s a write carries
+//!   several leases instead of costing one each. An ACK is only ever sent by that follow-up,
+//!   after its transaction committed: no ACK leaves for a lease that is not on disk.
 //!
 //! Records are keyed by address: the table holds at most one row per address, so an address can
 //! never be recorded as held by two clients. A client that moves to another address has its
@@ -176,23 +178,12 @@ pub struct WriterStats {
     pub records: AtomicU64,
     /// Transactions that failed.
     pub failures: AtomicU64,
+    /// The slowest commit so far, in microseconds.
+    pub slowest_us: AtomicU64,
 }
 
 /// Largest batch in one transaction (bounds the latency of the first waiter in a burst).
 pub const MAX_BATCH: usize = 4096;
-
-/// Under load, how long a committer waits for more records before it commits: one fsync then
-/// carries every ACK of that interval (PostgreSQL's `commit_delay`, MySQL's
-/// `binlog_group_commit_sync_delay`). "Under load" means the previous write arrived less than
-/// [`HOT_GAP`] before this one, so a lone ACK on a quiet network never waits.
-pub const COMMIT_GATHER: Duration = Duration::from_millis(2);
-
-/// Writes closer together than this make the next commit wait [`COMMIT_GATHER`].
-pub const HOT_GAP: Duration = Duration::from_millis(4);
-
-/// After a gather that caught no other record, this many commits go without one (one writer
-/// waiting for each of its writes in turn gains nothing from waiting).
-const SKIP_AFTER_LONELY_GATHER: u32 = 16;
 
 /// What runs once a submitted record's commit has finished, with its outcome: on the thread that
 /// committed it, right after the transaction (it sends the DHCPACK, or rolls the binding back).
@@ -203,26 +194,25 @@ struct Queue {
     pending: Vec<(Lease, OnDurable)>,
     /// A caller is committing right now: it takes whatever is queued when it is done.
     committing: bool,
-    /// When the previous write arrived.
-    last_arrival: Option<Instant>,
-    /// Commits left that skip the gather.
-    skip_gather: u32,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     /// Only the committing caller touches the backend; the mutex only makes that visible.
     backend: Mutex<Box<dyn LeaseBackend>>,
+    /// How long the latest commit took, in microseconds (a slow disk shows here).
+    last_commit_us: AtomicU64,
 }
 
 /// The group-commit handle: cheap to clone, shared by the DHCP worker threads.
 ///
-/// Leader-based, and nobody waits for a commit: [`LeaseWriter::submit`] queues a record with
-/// what to do once it is durable. A caller that finds no commit running becomes the committer:
-/// it takes everything queued, applies it in one transaction, runs each record's follow-up
-/// (sending its ACK), and repeats while records arrived meanwhile. The other DHCP workers queue
-/// their ACKs and go straight back to receiving, so only one thread at a time is held by the
-/// disk, a burst of ACKs shares one fsync, and no thread is woken per ACK.
+/// Leader-based, and nobody waits for another caller's commit: [`LeaseWriter::queue`] adds a
+/// record with what to do once it is durable, and [`LeaseWriter::commit`] makes everything
+/// queued durable in one transaction and then runs each record's follow-up (sending its ACK).
+/// A caller that finds a commit running leaves its records to it: the running committer
+/// repeats while records arrived meanwhile. The DHCP server queues the ACKs of a whole batch
+/// of requests and commits once per batch, so a burst of ACKs shares one durable write, and
+/// only one thread at a time waits for the disk.
 #[derive(Clone)]
 pub struct LeaseWriter {
     shared: Arc<Shared>,
@@ -244,47 +234,52 @@ impl LeaseWriter {
     /// Takes ownership of `backend`. (Kept fallible for backends that need a connection.)
     pub fn start(backend: Box<dyn LeaseBackend>) -> std::io::Result<LeaseWriter> {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { pending: Vec::new(), committing: false, last_arrival: None, skip_gather: 0 }),
+            queue: Mutex::new(Queue { pending: Vec::new(), committing: false }),
             backend: Mutex::new(backend),
+            last_commit_us: AtomicU64::new(0),
         });
         Ok(LeaseWriter { shared, stats: Arc::default() })
     }
 
-    /// Stores `lease` durably, then calls `then` with the outcome. Never waits for another
-    /// caller's commit: if one is running, the record joins the next batch and this returns at
-    /// once; otherwise this thread commits (and keeps committing what queues up meanwhile)
-    /// before it returns. `then` runs on whichever thread committed the record, after the
-    /// transaction, never under a lock. Call from a thread that may block (a DHCP worker).
-    pub fn submit(&self, lease: Lease, then: OnDurable) {
+    /// Queues `lease`; `then` runs with the outcome once a [`LeaseWriter::commit`] stored it.
+    /// Never blocks for long (a mutex around a vector).
+    pub fn queue(&self, lease: Lease, then: OnDurable) {
+        lock(&self.shared.queue).pending.push((lease, then));
+    }
+
+    /// Whether records are queued and no commit is running to take them.
+    pub fn has_queued(&self) -> bool {
+        let q = lock(&self.shared.queue);
+        !q.committing && !q.pending.is_empty()
+    }
+
+    /// How long the latest commit took.
+    pub fn last_commit(&self) -> Duration {
+        Duration::from_micros(self.shared.last_commit_us.load(Ordering::Relaxed))
+    }
+
+    /// Makes every queued record durable. If a commit is running, returns at once: that
+    /// committer takes these records next. Otherwise this thread commits everything queued in
+    /// one transaction, runs the follow-ups (never under a lock), and repeats while records
+    /// arrived meanwhile. Call from a thread that may block (a DHCP worker).
+    pub fn commit(&self) {
         let sh = &self.shared;
-        let now = Instant::now();
         let mut q = lock(&sh.queue);
-        let mut hot = q.last_arrival.is_some_and(|prev| now.saturating_duration_since(prev) < HOT_GAP);
-        q.last_arrival = Some(now);
-        q.pending.push((lease, then));
-        if q.committing {
+        if q.committing || q.pending.is_empty() {
             return;
         }
         q.committing = true;
         loop {
-            if q.skip_gather > 0 {
-                q.skip_gather -= 1;
-            } else if hot && q.pending.len() < MAX_BATCH {
-                // Writes are arriving close together: let the next ones join this commit.
-                let before = q.pending.len();
-                drop(q);
-                std::thread::sleep(COMMIT_GATHER);
-                q = lock(&sh.queue);
-                if q.pending.len() == before {
-                    q.skip_gather = SKIP_AFTER_LONELY_GATHER;
-                }
-            }
             let n = q.pending.len().min(MAX_BATCH);
             let batch: Vec<(Lease, OnDurable)> = q.pending.drain(..n).collect();
             drop(q);
             let (records, follow_ups): (Vec<Lease>, Vec<OnDurable>) = batch.into_iter().unzip();
+            let started = Instant::now();
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| lock(&sh.backend).apply(&records)))
                 .unwrap_or_else(|p| Err(StoreError(format!("the store panicked: {}", crate::panic_message(&*p)))));
+            let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            sh.last_commit_us.store(took, Ordering::Relaxed);
+            self.stats.slowest_us.fetch_max(took, Ordering::Relaxed);
             match &r {
                 Ok(()) => {
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -308,8 +303,14 @@ impl LeaseWriter {
                 return;
             }
             // More records queued during this commit: they are the next batch.
-            hot = q.last_arrival.is_some_and(|prev| Instant::now().saturating_duration_since(prev) < HOT_GAP);
         }
+    }
+
+    /// [`LeaseWriter::queue`] then [`LeaseWriter::commit`]: stored durably before this returns
+    /// unless another caller's commit is running, which then stores it and runs `then`.
+    pub fn submit(&self, lease: Lease, then: OnDurable) {
+        self.queue(lease, then);
+        self.commit();
     }
 
     /// Stores `lease` durably, blocking until it is (or the commit failed). Call from a thread
@@ -394,18 +395,27 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_sequential_writer_stops_gathering() {
+    fn queued_records_wait_for_commit_and_share_one_transaction() {
         let mem = memory::MemoryLeases::default();
         let w = LeaseWriter::start(Box::new(mem.clone())).unwrap();
-        for i in 1..=40u8 {
-            w.write_blocking(lease(i, i)).unwrap();
+        let done: Arc<Mutex<Vec<u8>>> = Arc::default();
+        for i in 1..=5u8 {
+            let done = done.clone();
+            w.queue(lease(i, i), Box::new(move |r| {
+                r.unwrap();
+                lock(&done).push(i);
+            }));
         }
-        // Back-to-back writes look "hot", but each gather finds nobody to wait for, so after
-        // one lonely gather the next SKIP_AFTER_LONELY_GATHER commits skip it.
-        let skipped = lock(&w.shared.queue).skip_gather;
-        assert!(skipped > 0, "no gather was skipped");
-        assert_eq!(w.stats.commits.load(Ordering::Relaxed), 40);
-        assert_eq!(mem.rows().len(), 40);
+        assert!(w.has_queued());
+        assert!(mem.rows().is_empty(), "queue() stored something");
+        assert!(lock(&done).is_empty(), "a follow-up ran before any commit");
+        w.commit();
+        assert!(!w.has_queued());
+        assert_eq!(mem.rows().len(), 5);
+        assert_eq!(*lock(&done), vec![1, 2, 3, 4, 5]);
+        assert_eq!(w.stats.commits.load(Ordering::Relaxed), 1);
+        w.commit();
+        assert_eq!(w.stats.commits.load(Ordering::Relaxed), 1, "an empty commit wrote");
     }
 
     #[test]

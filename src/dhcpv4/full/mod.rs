@@ -7,9 +7,9 @@
 //! (`phase` `discover`, `request` or `inform`; `()` means silence) → allocate or check the
 //! address in the [`alloc::LeaseTable`] → reply, to the relay, the client's address, a
 //! broadcast, or a unicast to the new address after setting its ARP entry (§4.1). An ACK is
-//! handed to the [`crate::leases::LeaseWriter`] with its lease instead: it leaves once the
-//! lease is durable (group commit), sent by whichever worker committed it, while this worker
-//! goes back to receiving.
+//! queued in the [`crate::leases::LeaseWriter`] with its lease instead: it leaves once the
+//! lease is durable, after the commit the worker makes at the end of its batch of requests
+//! (one durable write for the batch's ACKs).
 //!
 //! The sans-IO parts ([`select_subnet`], [`client_state`], [`destination`], [`build`]) are
 //! plain functions tested below; [`handle`] strings them together with the socket, policy and
@@ -114,8 +114,9 @@ impl Drop for Full {
             commits,
             records,
             failures = st.failures.load(Ordering::Relaxed),
-            "lease writer: {records} lease record(s) in {commits} durable write(s) ({:.1} per write)",
-            records as f64 / commits.max(1) as f64
+            "lease writer: {records} lease record(s) in {commits} durable write(s) ({:.1} per write, slowest {:.1} ms)",
+            records as f64 / commits.max(1) as f64,
+            st.slowest_us.load(Ordering::Relaxed) as f64 / 1000.0
         );
     }
 }
@@ -381,7 +382,7 @@ pub fn handle(full: &Arc<Full>, sock: &Arc<SyncPktSocket>, ctx: &Context, pkt: P
             let (full2, sock, stats, clients) = (full.clone(), sock.clone(), ctx.stats.clone(), ctx.clients.clone());
             let (undo, lease_time, filename, mac) = (a.undo, a.lease_time, a.filename, a.record.mac.clone());
             let span = tracing::Span::current();
-            full.writer.submit(
+            full.writer.queue(
                 a.record,
                 Box::new(move |stored| {
                     let _in_span = span.enter();

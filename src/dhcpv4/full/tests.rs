@@ -163,7 +163,7 @@ async fn a_lease_that_cannot_be_stored_gets_no_ack_and_its_binding_is_undone() {
     let cfg = FullDhcp { subnets: vec![subnet([10, 9, 9])], decline_time: 600, offer_time: 30 };
     let full = Arc::new(Full::open(cfg, Box::new(store.clone())).unwrap());
     let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let sock = Arc::new(bind_udp(lo(0), &BindOptions::default()).unwrap().into_blocking(Duration::from_millis(50)).unwrap());
+    let sock = Arc::new(bind_udp(lo(0), &BindOptions::default()).unwrap().into_sync().unwrap());
     // The relay: replies to a relayed request go back to where it came from.
     let relay = std::net::UdpSocket::bind(lo(0)).unwrap();
     relay.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
@@ -176,12 +176,15 @@ async fn a_lease_that_cannot_be_stored_gets_no_ack_and_its_binding_is_undone() {
         clients: Default::default(),
         stats: Arc::default(),
         workers: 1,
+        batch: Duration::ZERO,
         full: Some(full.clone()),
     };
     let info = PktInfo { dst: IpAddr::V4(Ipv4Addr::LOCALHOST), local: IpAddr::V4(Ipv4Addr::LOCALHOST), ifindex: 1 };
     let from = relay.local_addr().unwrap();
     let answer = |pkt: Packet| -> Option<Packet> {
         handle(&full, &sock, &ctx, pkt, from, info);
+        // What the worker does at the end of a batch: ACKs leave after this commit.
+        full.writer().commit();
         let mut buf = [0u8; 1500];
         relay.recv(&mut buf).ok().map(|n| parse(&buf[..n]).unwrap())
     };

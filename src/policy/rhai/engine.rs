@@ -56,6 +56,10 @@ pub(crate) fn with_deadline<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// A hook call running longer than this tells the server its thread is busy
+/// ([`crate::handoff::about_to_block`]): a DHCP worker then hands its socket to another.
+const SLOW_CALL: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// How often (in operations) the deadline is checked: `Instant::now()` is cheap but not free.
 const DEADLINE_CHECK_EVERY: u64 = 64;
 
@@ -78,7 +82,13 @@ pub(crate) fn build(limits: &Limits, resolver: PluginResolver, env: &Env, script
             return None;
         }
         let started = CALL_STARTED.with(Cell::get)?;
-        (started.elapsed() > deadline).then(|| {
+        let took = started.elapsed();
+        if took > SLOW_CALL {
+            // Whoever drives this thread's socket lets another thread take it over meanwhile
+            // (once per call: the hook disarms itself).
+            crate::handoff::about_to_block();
+        }
+        (took > deadline).then(|| {
             Dynamic::from(format!(
                 "script ran past its deadline of {} ms (limits.deadline); look for slow loops",
                 deadline.as_millis()

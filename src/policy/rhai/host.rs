@@ -125,13 +125,17 @@ pub(crate) fn register_store(engine: &mut Engine, slot: StoreSlot) {
         "set",
         |s: &mut ScriptStore, key: &str, value: Dynamic| -> Result<(), Box<EvalAltResult>> {
             let v = to_json(&value, key).map_err(|m| err(format!("store.set: {m}")))?;
+            // A durable commit: let the server hand this thread's work to another meanwhile.
+            crate::handoff::about_to_block();
             s.current().set(key, &v).map_err(|e| err(format!("store.set: {e}")))
         },
     );
     engine.register_fn("del", |s: &mut ScriptStore, key: &str| -> Result<bool, Box<EvalAltResult>> {
+        crate::handoff::about_to_block();
         s.current().del(key).map_err(|e| err(format!("store.del: {e}")))
     });
     engine.register_fn("keys", |s: &mut ScriptStore| -> Result<Array, Box<EvalAltResult>> {
+        crate::handoff::about_to_block();
         let list = s.current().list().map_err(|e| err(format!("store.keys: {e}")))?;
         Ok(list.into_iter().map(|e| Dynamic::from(e.key)).collect())
     });
@@ -202,6 +206,7 @@ fn read_data(
             return Ok(c.value.clone());
         }
     }
+    crate::handoff::about_to_block();
     let text = std::fs::read_to_string(&canon).map_err(|e| format!("read_data: {}: {e}", display.display()))?;
     let ext = canon.extension().and_then(|e| e.to_str()).unwrap_or("");
     let value = match ext {
