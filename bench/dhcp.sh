@@ -19,6 +19,7 @@
 # --repeats N runs every (rate, server) cell N times, servers interleaved within each repeat.
 # PIXIE_WORKERS=N in the environment sets pixie's [dhcp] workers (default: pixie's own);
 # PIXIE_OLD_WORKERS=N those of pixie-old (A/B of the worker count: --old-bin the same binary).
+# PIXIE_BATCH_MS=X / PIXIE_OLD_BATCH_MS=X set [dhcp] batch_ms the same way.
 # --perf DIR records `perf record -g` of every server run into DIR/perf-SERVER-RATE.data (needs perf;
 #   PERF_CALLGRAPH="--call-graph dwarf" and PERF_FREQ=499 for Rust stacks without frame pointers;
 #   sampling inflates the CPU figures of that run: use it to see where the time goes, not to compare).
@@ -100,6 +101,7 @@ port = 67
 pxe_port = 4011
 lease_time = 43200
 ${PIXIE_WORKERS:+workers = $PIXIE_WORKERS}
+${PIXIE_BATCH_MS:+batch_ms = $PIXIE_BATCH_MS}
 [[dhcp.subnet]]
 network = "$1"
 pools = ["$2"]
@@ -136,8 +138,9 @@ start_server() { # $1 name  [$2 pixie network] [$3 pixie pool]
     pixie|pixie-old)
       local bin=$PIXIE; [ "$1" = pixie-old ] && bin=$OLDBIN
       # PIXIE_OLD_WORKERS: pixie-old's workers, to A/B the worker count with one binary.
-      local w=${PIXIE_WORKERS:-}; [ "$1" = pixie-old ] && w=${PIXIE_OLD_WORKERS:-$w}
-      PIXIE_WORKERS=$w pixie_config "${2:-10.79.0.0/24}" "${3:-10.79.0.10-10.79.0.250}" > "$W/pixie.toml"
+      local w=${PIXIE_WORKERS:-} b=${PIXIE_BATCH_MS:-}
+      [ "$1" = pixie-old ] && w=${PIXIE_OLD_WORKERS:-$w} && b=${PIXIE_OLD_BATCH_MS:-$b}
+      PIXIE_WORKERS=$w PIXIE_BATCH_MS=$b pixie_config "${2:-10.79.0.0/24}" "${3:-10.79.0.10-10.79.0.250}" > "$W/pixie.toml"
       cmd=(env PIXIE_LOG=warn,pixie::leases::stats=info "$bin" serve --config "$W/pixie.toml") ;;
     dnsmasq)
       cmd=(dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=pxdb-s0 --bind-interfaces

@@ -176,12 +176,14 @@ impl Checkpointer {
             };
             st.running = true;
             drop(st);
+            let started = Instant::now();
             let r = lock(db).checkpoint(&job.records, job.next);
+            let took = started.elapsed();
             st = lock(m);
             st.running = false;
             match r {
                 Ok(()) => {
-                    tracing::debug!(records = job.records.len(), generation = job.next, "lease journal checkpointed");
+                    tracing::debug!(records = job.records.len(), generation = job.next, ?took, "lease journal checkpointed");
                     st.error = None;
                 }
                 Err(e) => {
@@ -205,9 +207,17 @@ impl Checkpointer {
     /// Waits (at most `self.wait`) until no checkpoint is queued, failed or running.
     fn wait_idle(&self) -> Result<(), StoreError> {
         let (m, cv) = &*self.shared;
+        let started = Instant::now();
         let (st, timeout) = cv
             .wait_timeout_while(lock(m), self.wait, |st| st.busy())
             .unwrap_or_else(|e| e.into_inner());
+        let waited = started.elapsed();
+        if waited > Duration::from_millis(10) {
+            tracing::warn!(
+                waited_ms = waited.as_millis() as u64,
+                "lease commits waited {waited:?} for the previous journal checkpoint into SQLite (a slow disk, or a journal too small for this rate)"
+            );
+        }
         if timeout.timed_out() {
             return Err(StoreError(match &st.error {
                 Some(e) => format!("the lease journal is full and its checkpoint into SQLite keeps failing: {e}"),
