@@ -19,6 +19,8 @@ pub struct Running {
     pub pxe: SocketAddr,
     pub tftp: SocketAddr,
     pub stats: Arc<pixie::dhcpv4::Stats>,
+    /// Full DHCP mode's state (leases, the lease writer and its counters).
+    pub full: Option<Arc<pixie::dhcpv4::full::Full>>,
     pub shutdown: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<Result<(), pixie::server::ServerError>>>,
 }
@@ -59,9 +61,10 @@ pub async fn start(cfg: Config, policy: Arc<dyn Policy>) -> Running {
     let pxe = server.pxe_addrs()[0];
     let tftp = server.tftp_addrs().first().copied().unwrap_or(dhcp);
     let stats = server.stats.clone();
+    let full = server.full.clone();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(policy, shutdown.clone()));
-    Running { dhcp, pxe, tftp, stats, shutdown, task: Some(task) }
+    Running { dhcp, pxe, tftp, stats, full, shutdown, task: Some(task) }
 }
 
 /// Sends `payload` from a fresh loopback socket and waits up to `wait` for one reply.
