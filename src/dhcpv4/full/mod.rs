@@ -326,7 +326,9 @@ enum Answer {
     Durable(DurableAck),
 }
 
-/// Handles one request on the DHCP port in full mode.
+/// Handles one request on the DHCP port in full mode. OFFERs, NAKs and INFORM answers leave
+/// at once; an ACK is queued with its lease in [`Full::writer`] and leaves after the caller's
+/// next [`LeaseWriter::commit`] (the worker commits once per batch of requests).
 pub fn handle(full: &Arc<Full>, sock: &Arc<SyncPktSocket>, ctx: &Context, pkt: Packet, from: SocketAddr, info: PktInfo) {
     if pkt.op != OP_REQUEST {
         ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
