@@ -524,7 +524,7 @@ pub fn ask_policy(ctx: &Context, req: BootRequest) -> Decision {
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.policy.boot_owned(req)));
     let took = started.elapsed();
     if took > ctx.slow_policy {
-        warn!(?took, "the policy took {took:?} to decide (its worker answered nobody else meanwhile)");
+        warn!(?took, "the policy took {took:?} to decide");
     }
     match result {
         Ok(Ok(d)) => d,

@@ -6,8 +6,9 @@
 //!
 //! Every call is synchronous and bounded: implementations must return within their own deadline
 //! (the Rhai policy enforces one). Callers never run them on the async reactor: the DHCP
-//! workers call them on their own threads, TFTP on `spawn_blocking`, so a slow script holds
-//! one worker and never stalls other clients.
+//! workers call them on their own threads (one that runs long hands its socket to a standby
+//! worker, [`crate::handoff`]), TFTP inline while calls are quick and on `spawn_blocking` once
+//! one was slow, so a slow script never stalls other clients for long.
 
 pub mod rhai;
 
