@@ -88,7 +88,7 @@ pub fn build_reply(pkt: &Packet, phase: Phase, d: &BootDecision, server_ip: Ipv4
     let mut warnings = Vec::new();
     let mt = if phase == Phase::Discover { MessageType::Offer } else { MessageType::Ack };
     let mut r = Reply::to(pkt, mt);
-    r.set(opt::SERVER_ID, server_ip.octets().to_vec());
+    r.set(opt::SERVER_ID, server_ip.octets());
     boot_fields(&mut r, pkt, phase, d, server_ip, &mut warnings);
     (r, warnings)
 }
@@ -114,13 +114,14 @@ pub fn boot_fields(r: &mut Reply, pkt: &Packet, phase: Phase, d: &BootDecision, 
         r.siaddr = next;
     }
     if pxe || http {
-        r.set(opt::VENDOR_CLASS, if http { b"HTTPClient".to_vec() } else { b"PXEClient".to_vec() });
+        r.set(opt::VENDOR_CLASS, if http { &b"HTTPClient"[..] } else { &b"PXEClient"[..] });
         if let Some(u) = pkt.option(opt::CLIENT_UUID) {
-            r.set(opt::CLIENT_UUID, u.to_vec());
+            r.set(opt::CLIENT_UUID, u);
         }
     }
     if !http && (pxe || d.filename.is_some()) {
-        r.set(opt::TFTP_SERVER, next.to_string().into_bytes());
+        let (text, n) = crate::wire::dhcpv4::ipv4_text(next);
+        r.set(opt::TFTP_SERVER, &text[..n]);
     }
     if let Some(f) = &d.filename {
         if f.len() < 128 {
@@ -128,7 +129,7 @@ pub fn boot_fields(r: &mut Reply, pkt: &Packet, phase: Phase, d: &BootDecision, 
         } else {
             warnings.push(format!("boot file name is {} bytes; only option 67 carries it", f.len()));
         }
-        r.set(opt::BOOTFILE, f.as_bytes().to_vec());
+        r.set(opt::BOOTFILE, f.as_bytes());
     }
     if let Some(s) = &d.server_name {
         if s.len() < 64 {

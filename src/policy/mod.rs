@@ -279,7 +279,7 @@ impl BootRequest {
             source,
             client_ip: (!pkt.ciaddr.is_unspecified()).then_some(IpAddr::V4(pkt.ciaddr)),
             server: None,
-            options: pkt.options.iter().map(|(c, v)| (u16::from(*c), v.clone())).collect(),
+            options: pkt.options().map(|(c, v)| (u16::from(c), v.to_vec())).collect(),
         }
     }
 

@@ -187,15 +187,49 @@ pub struct Packet {
     pub sname: Vec<u8>,
     /// `file` up to its first NUL (empty when overloaded with options).
     pub file: Vec<u8>,
-    /// Options in first-seen order; repeated codes concatenated (RFC 3396). Excludes pad/end.
-    pub options: Vec<(u8, Vec<u8>)>,
+    /// Options in first-seen order as (code, offset, length) into `values`; repeated codes
+    /// concatenated (RFC 3396). Excludes pad/end.
+    options: Vec<(u8, u32, u32)>,
+    /// The option values, back to back.
+    values: Vec<u8>,
 }
 
-fn walk_options(
-    area: &[u8],
-    name: &'static str,
-    out: &mut Vec<(u8, Vec<u8>)>,
-) -> Result<(), ParseError> {
+/// Options as parse builds them: one buffer for every value instead of one per option.
+#[derive(Default)]
+struct OptionList {
+    index: Vec<(u8, u32, u32)>,
+    values: Vec<u8>,
+}
+
+impl OptionList {
+    fn get(&self, code: u8) -> Option<&[u8]> {
+        self.index.iter().find(|(c, ..)| *c == code).map(|&(_, at, len)| &self.values[at as usize..(at + len) as usize])
+    }
+
+    /// Adds `val` to option `code`: a new option, or more of a repeated one (RFC 3396: the
+    /// pieces are concatenated in order).
+    fn add(&mut self, code: u8, val: &[u8]) {
+        match self.index.iter().position(|(c, ..)| *c == code) {
+            None => {
+                self.index.push((code, self.values.len() as u32, val.len() as u32));
+                self.values.extend_from_slice(val);
+            }
+            Some(i) => {
+                let (_, at, len) = self.index[i];
+                let end = (at + len) as usize;
+                if end != self.values.len() {
+                    // Not the last value written: move it to the end first, then append.
+                    self.values.extend_from_within(at as usize..end);
+                    self.index[i].1 = (self.values.len() - len as usize) as u32;
+                }
+                self.values.extend_from_slice(val);
+                self.index[i].2 = len + val.len() as u32;
+            }
+        }
+    }
+}
+
+fn walk_options(area: &[u8], name: &'static str, out: &mut OptionList) -> Result<(), ParseError> {
     let mut i = 0;
     while i < area.len() {
         let code = area[i];
@@ -211,11 +245,7 @@ fn walk_options(
                 if len > left {
                     return Err(ParseError::Truncated { code, offset: i, len, left, area: name });
                 }
-                let val = &area[i + 2..i + 2 + len];
-                match out.iter_mut().find(|(c, _)| *c == code) {
-                    Some((_, v)) => v.extend_from_slice(val),
-                    None => out.push((code, val.to_vec())),
-                }
+                out.add(code, &area[i + 2..i + 2 + len]);
                 i += 2 + len;
             }
         }
@@ -257,11 +287,11 @@ pub fn parse(buf: &[u8]) -> Result<Packet, ParseError> {
     let msg = dhcproto::v4::Message::decode(&mut Decoder::new(&header))
         .map_err(|e| ParseError::Header(e.to_string()))?;
 
-    let mut options = Vec::new();
+    let mut options = OptionList { index: Vec::with_capacity(16), values: Vec::with_capacity(buf.len() - HEADER_LEN) };
     walk_options(&buf[HEADER_LEN + 4..], "options", &mut options)?;
     let sname_raw = &buf[44..108];
     let file_raw = &buf[108..236];
-    let overload = options.iter().find(|(c, _)| *c == opt::OVERLOAD).map(|(_, v)| v.clone());
+    let overload = options.get(opt::OVERLOAD).map(<[u8]>::to_vec);
     let (mut sname, mut file) = (until_nul(sname_raw), until_nul(file_raw));
     if let Some(v) = overload {
         let mode = match v.as_slice() {
@@ -301,7 +331,8 @@ pub fn parse(buf: &[u8]) -> Result<Packet, ParseError> {
         chaddr,
         sname,
         file,
-        options,
+        options: options.index,
+        values: options.values,
     };
     pkt.validate_options()?;
     Ok(pkt)
@@ -347,7 +378,16 @@ pub fn sub_options(code: u8, v: &[u8]) -> Result<Vec<(u8, &[u8])>, ParseError> {
 impl Packet {
     /// Raw value of option `code` (concatenated if it was split).
     pub fn option(&self, code: u8) -> Option<&[u8]> {
-        self.options.iter().find(|(c, _)| *c == code).map(|(_, v)| v.as_slice())
+        self.options.iter().find(|(c, ..)| *c == code).map(|&(_, at, len)| self.value(at, len))
+    }
+
+    /// Every option, in first-seen order: (code, value). Excludes pad and end.
+    pub fn options(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
+        self.options.iter().map(|&(c, at, len)| (c, self.value(at, len)))
+    }
+
+    fn value(&self, at: u32, len: u32) -> &[u8] {
+        &self.values[at as usize..(at + len) as usize]
     }
 
     /// Option 53, if present.
@@ -514,6 +554,29 @@ pub fn guid_to_canonical(g: [u8; 16]) -> [u8; 16] {
     u
 }
 
+/// `ip` in dotted-quad text, without allocating: (bytes, length).
+pub fn ipv4_text(ip: Ipv4Addr) -> ([u8; 15], usize) {
+    let mut out = [0u8; 15];
+    let mut n = 0;
+    for (i, o) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            out[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            out[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        out[n] = b'0' + o % 10;
+        n += 1;
+    }
+    (out, n)
+}
+
 /// PXE (Intel PXE 2.1 spec) encapsulated option 43 sub-options.
 pub mod pxe {
     /// PXE_DISCOVERY_CONTROL.
@@ -527,16 +590,13 @@ pub mod pxe {
     pub const DC_NO_DISCOVERY: u8 = 0x03;
 
     /// Option 43 telling a PXE client to boot the offered file directly.
-    pub fn direct_boot() -> Vec<u8> {
-        vec![DISCOVERY_CONTROL, 1, DC_USE_BOOTFILE | DC_NO_DISCOVERY, 255]
+    pub fn direct_boot() -> [u8; 4] {
+        [DISCOVERY_CONTROL, 1, DC_USE_BOOTFILE | DC_NO_DISCOVERY, 255]
     }
 
     /// Option 43 answering a boot-server discovery for `item` (echoes PXE_BOOT_ITEM).
-    pub fn boot_item_reply(item: [u8; 4]) -> Vec<u8> {
-        let mut v = vec![BOOT_ITEM, 4];
-        v.extend_from_slice(&item);
-        v.push(255);
-        v
+    pub fn boot_item_reply(item: [u8; 4]) -> [u8; 7] {
+        [BOOT_ITEM, 4, item[0], item[1], item[2], item[3], 255]
     }
 }
 
@@ -565,8 +625,12 @@ pub struct Reply {
     pub sname: Vec<u8>,
     /// file field (≤ 127 bytes are written; longer goes only into option 67).
     pub file: Vec<u8>,
-    /// Options, emitted in this order (53 and 54 are always moved first).
-    pub options: Vec<(u8, Vec<u8>)>,
+    /// Options in the order they were first set, as (code, offset, length) into `values`
+    /// (53 and 54 are always emitted first; see [`Reply::encode`]).
+    options: Vec<(u8, u32, u32)>,
+    /// The option values, back to back (a replaced value's old bytes stay, unused: a reply is
+    /// short-lived, and this keeps building one to two allocations).
+    values: Vec<u8>,
     /// Largest datagram the client accepts (from option 57, else 548).
     pub max_len: usize,
     /// The request's parameter request list (option 55). Requested options go out right after
@@ -579,7 +643,7 @@ pub struct Reply {
 impl Reply {
     /// A reply to `req` with message type `mt`.
     pub fn to(req: &Packet, mt: MessageType) -> Reply {
-        Reply {
+        let mut r = Reply {
             xid: req.xid,
             flags: req.flags,
             ciaddr: req.ciaddr,
@@ -591,31 +655,52 @@ impl Reply {
             chaddr: req.chaddr,
             sname: Vec::new(),
             file: Vec::new(),
-            options: vec![(opt::MESSAGE_TYPE, vec![u8::from(mt)])],
+            options: Vec::with_capacity(16),
+            values: Vec::with_capacity(256),
             max_len: req.max_message_size().map(|n| n as usize - 28).unwrap_or(DEFAULT_MAX_REPLY_LEN),
             requested: req.option(opt::PARAM_REQUEST).map(<[u8]>::to_vec).unwrap_or_default(),
-        }
+        };
+        r.set(opt::MESSAGE_TYPE, [u8::from(mt)]);
+        r
     }
 
     /// Sets (replaces) option `code`.
-    pub fn set(&mut self, code: u8, value: Vec<u8>) -> &mut Self {
-        match self.options.iter_mut().find(|(c, _)| *c == code) {
-            Some((_, v)) => *v = value,
-            None => self.options.push((code, value)),
+    pub fn set(&mut self, code: u8, value: impl AsRef<[u8]>) -> &mut Self {
+        let value = value.as_ref();
+        let entry = (code, self.values.len() as u32, value.len() as u32);
+        self.values.extend_from_slice(value);
+        match self.options.iter_mut().find(|(c, ..)| *c == code) {
+            Some(e) => *e = entry,
+            None => self.options.push(entry),
         }
         self
     }
 
     /// Removes option `code`.
     pub fn remove(&mut self, code: u8) -> &mut Self {
-        self.options.retain(|(c, _)| *c != code);
+        self.options.retain(|(c, ..)| *c != code);
         self
+    }
+
+    /// The value set for option `code`.
+    pub fn option(&self, code: u8) -> Option<&[u8]> {
+        self.options.iter().find(|(c, ..)| *c == code).map(|&(_, at, len)| self.value(at, len))
+    }
+
+    /// Every option set, in the order first set: (code, value).
+    pub fn options(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
+        self.options.iter().map(|&(c, at, len)| (c, self.value(at, len)))
+    }
+
+    fn value(&self, at: u32, len: u32) -> &[u8] {
+        &self.values[at as usize..(at + len) as usize]
     }
 
     /// Encodes the reply. Options that do not fit `max_len` are dropped from the end (except 53,
     /// 54 and 255) and returned as the second element so the caller can log them.
     pub fn encode(&self) -> (Vec<u8>, Vec<u8>) {
-        let mut b = Vec::with_capacity(MIN_REPLY_LEN.max(self.max_len));
+        let limit = self.max_len.max(MIN_REPLY_LEN);
+        let mut b = Vec::with_capacity(limit.min(1500));
         b.push(OP_REPLY);
         b.push(self.htype);
         b.push(self.hlen);
@@ -642,38 +727,40 @@ impl Reply {
         for special in [opt::PAD, opt::END, opt::RELAY_AGENT] {
             placed[usize::from(special)] = true;
         }
-        let mut ordered: Vec<&(u8, Vec<u8>)> = Vec::with_capacity(self.options.len());
-        let order = [opt::MESSAGE_TYPE, opt::SERVER_ID].iter().chain(&self.requested);
-        for &code in order.chain(self.options.iter().map(|(c, _)| c)) {
-            if !std::mem::replace(&mut placed[usize::from(code)], true) {
-                ordered.extend(self.options.iter().filter(|(c, _)| *c == code));
-            }
-        }
-        ordered.extend(self.options.iter().filter(|(c, _)| *c == opt::RELAY_AGENT));
-
         let mut dropped = Vec::new();
-        for (code, val) in ordered {
-            let mut enc = Vec::with_capacity(val.len() + 2);
-            if val.is_empty() {
-                enc.extend_from_slice(&[*code, 0]);
+        let order = [opt::MESSAGE_TYPE, opt::SERVER_ID].iter().chain(&self.requested);
+        for &code in order.chain(self.options.iter().map(|(c, ..)| c)) {
+            if !std::mem::replace(&mut placed[usize::from(code)], true) {
+                self.emit(&mut b, code, limit, &mut dropped);
             }
-            for chunk in val.chunks(255) {
-                enc.push(*code);
-                enc.push(chunk.len() as u8);
-                enc.extend_from_slice(chunk);
-            }
-            let essential = *code == opt::MESSAGE_TYPE || *code == opt::SERVER_ID;
-            if !essential && b.len() + enc.len() + 1 > self.max_len.max(MIN_REPLY_LEN) {
-                dropped.push(*code);
-                continue;
-            }
-            b.extend_from_slice(&enc);
         }
+        self.emit(&mut b, opt::RELAY_AGENT, limit, &mut dropped);
         b.push(opt::END);
         if b.len() < MIN_REPLY_LEN {
             b.resize(MIN_REPLY_LEN, 0);
         }
         (b, dropped)
+    }
+
+    /// Appends option `code` (split into 255-byte pieces, RFC 3396) if it is set and fits
+    /// `limit` with the END byte after it; an option that does not fit is left out and its
+    /// code added to `dropped` (53 and 54 always go in).
+    fn emit(&self, b: &mut Vec<u8>, code: u8, limit: usize, dropped: &mut Vec<u8>) {
+        let Some(val) = self.option(code) else { return };
+        let mark = b.len();
+        if val.is_empty() {
+            b.extend_from_slice(&[code, 0]);
+        }
+        for chunk in val.chunks(255) {
+            b.push(code);
+            b.push(chunk.len() as u8);
+            b.extend_from_slice(chunk);
+        }
+        let essential = code == opt::MESSAGE_TYPE || code == opt::SERVER_ID;
+        if !essential && b.len() + 1 > limit {
+            b.truncate(mark);
+            dropped.push(code);
+        }
     }
 }
 
@@ -694,6 +781,15 @@ mod tests {
         b.extend_from_slice(opts);
         b.push(255);
         b
+    }
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        for ip in ["0.0.0.0", "255.255.255.255", "10.0.0.1", "100.20.3.199", "9.99.109.250", "127.0.0.1"] {
+            let a: Ipv4Addr = ip.parse().unwrap();
+            let (text, n) = ipv4_text(a);
+            assert_eq!(&text[..n], a.to_string().as_bytes());
+        }
     }
 
     #[test]
@@ -763,6 +859,19 @@ mod tests {
     fn rfc3396_concatenates_split_options() {
         let p = parse(&discover_with(&[60, 3, b'P', b'X', b'E', 60, 6, b'C', b'l', b'i', b'e', b'n', b't'])).unwrap();
         assert_eq!(p.vendor_class().as_deref(), Some("PXEClient"));
+        // Pieces with other options between them (and a third piece), order of first sight kept.
+        let p = parse(&discover_with(&[
+            60, 3, b'P', b'X', b'E', 12, 2, b'h', b'n', 60, 4, b'C', b'l', b'i', b'e', 97, 0, 60, 2, b'n', b't',
+        ]))
+        .unwrap_err();
+        assert!(matches!(p, ParseError::BadOption { code: 97, .. }), "{p:?}");
+        let p = parse(&discover_with(&[60, 3, b'P', b'X', b'E', 12, 2, b'h', b'n', 60, 4, b'C', b'l', b'i', b'e', 61, 1, 7, 60, 2, b'n', b't']))
+            .unwrap();
+        assert_eq!(p.vendor_class().as_deref(), Some("PXEClient"));
+        assert_eq!(p.hostname().as_deref(), Some("hn"));
+        assert_eq!(p.option(61), Some(&[7][..]));
+        let codes: Vec<u8> = p.options().map(|(c, _)| c).collect();
+        assert_eq!(codes, vec![53, 60, 12, 61]);
     }
 
     #[test]
@@ -812,7 +921,7 @@ mod tests {
     fn reply_is_padded_ordered_and_round_trips() {
         let req = parse(&discover_with(&[60, 9, b'P', b'X', b'E', b'C', b'l', b'i', b'e', b'n', b't'])).unwrap();
         let mut r = Reply::to(&req, MessageType::Offer);
-        r.set(opt::VENDOR_CLASS, b"PXEClient".to_vec());
+        r.set(opt::VENDOR_CLASS, b"PXEClient");
         r.set(opt::SERVER_ID, vec![10, 0, 0, 1]);
         r.set(opt::BOOTFILE, vec![b'x'; 300]);
         r.file = b"boot.efi".to_vec();
@@ -890,6 +999,6 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(p.pxe_boot_item(), Some([0x80, 0, 0, 0]));
-        assert_eq!(pxe::boot_item_reply([0x80, 0, 0, 0]), vec![0x47, 4, 0x80, 0, 0, 0, 0xff]);
+        assert_eq!(pxe::boot_item_reply([0x80, 0, 0, 0]), [0x47, 4, 0x80, 0, 0, 0, 0xff]);
     }
 }

@@ -251,23 +251,23 @@ pub fn build(
     if mt == MessageType::Offer {
         r.ciaddr = Ipv4Addr::UNSPECIFIED;
     }
-    r.set(opt::SERVER_ID, server_ip.octets().to_vec());
+    r.set(opt::SERVER_ID, server_ip.octets());
     if let Some((l, t1, t2)) = lease {
-        r.set(opt::LEASE_TIME, l.to_be_bytes().to_vec());
-        r.set(OPT_RENEW, t1.to_be_bytes().to_vec());
-        r.set(OPT_REBIND, t2.to_be_bytes().to_vec());
+        r.set(opt::LEASE_TIME, l.to_be_bytes());
+        r.set(OPT_RENEW, t1.to_be_bytes());
+        r.set(OPT_REBIND, t2.to_be_bytes());
     }
-    r.set(opt::SUBNET_MASK, subnet.mask().octets().to_vec());
+    r.set(opt::SUBNET_MASK, subnet.mask().octets());
     if !subnet.routers.is_empty() {
-        r.set(opt::ROUTER, subnet.routers.iter().flat_map(|i| i.octets()).collect());
+        r.set(opt::ROUTER, subnet.routers.iter().flat_map(|i| i.octets()).collect::<Vec<u8>>());
     }
     if !subnet.dns_servers.is_empty() {
-        r.set(opt::DNS, subnet.dns_servers.iter().flat_map(|i| i.octets()).collect());
+        r.set(opt::DNS, subnet.dns_servers.iter().flat_map(|i| i.octets()).collect::<Vec<u8>>());
     }
     if let Some(dn) = &subnet.domain_name {
-        r.set(OPT_DOMAIN, dn.as_bytes().to_vec());
+        r.set(OPT_DOMAIN, dn.as_bytes());
     }
-    r.set(OPT_BROADCAST, subnet.broadcast.octets().to_vec());
+    r.set(OPT_BROADCAST, subnet.broadcast.octets());
     for (code, v) in &subnet.options {
         if let Ok(c) = u8::try_from(*code) {
             r.set(c, v.to_bytes(*code));
@@ -282,8 +282,8 @@ pub fn build(
 pub fn build_nak(pkt: &Packet, server_ip: Ipv4Addr, why: &str) -> Reply {
     let mut r = Reply::to(pkt, MessageType::Nak);
     r.ciaddr = Ipv4Addr::UNSPECIFIED;
-    r.set(opt::SERVER_ID, server_ip.octets().to_vec());
-    r.set(OPT_MESSAGE, why.as_bytes().to_vec());
+    r.set(opt::SERVER_ID, server_ip.octets());
+    r.set(OPT_MESSAGE, why.as_bytes());
     if !pkt.giaddr.is_unspecified() {
         // RFC 2131 §4.3.2: a relayed NAK asks the relay to broadcast it.
         r.flags |= 0x8000;
@@ -296,7 +296,7 @@ pub fn build_nak(pkt: &Packet, server_ip: Ipv4Addr, why: &str) -> Reply {
 fn echo_relay_info(r: &mut Reply, pkt: &Packet) {
     if let Some(v) = pkt.option(opt::RELAY_AGENT) {
         if !pkt.giaddr.is_unspecified() {
-            r.set(opt::RELAY_AGENT, v.to_vec());
+            r.set(opt::RELAY_AGENT, v);
         }
     }
 }
