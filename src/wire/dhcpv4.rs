@@ -187,23 +187,52 @@ pub struct Packet {
     pub sname: Vec<u8>,
     /// `file` up to its first NUL (empty when overloaded with options).
     pub file: Vec<u8>,
-    /// Options in first-seen order as (code, offset, length) into `values`; repeated codes
-    /// concatenated (RFC 3396). Excludes pad/end.
-    options: Vec<(u8, u32, u32)>,
-    /// The option values, back to back.
-    values: Vec<u8>,
+    /// Options in first-seen order; repeated codes concatenated (RFC 3396). Excludes pad/end.
+    options: OptionList,
 }
 
-/// Options as parse builds them: one buffer for every value instead of one per option.
-#[derive(Default)]
+/// A message's options: (code, offset, length) in the order first seen or set, and every value
+/// back to back in one buffer (instead of one allocation per option).
+#[derive(Debug, Clone, Default)]
 struct OptionList {
     index: Vec<(u8, u32, u32)>,
     values: Vec<u8>,
 }
 
 impl OptionList {
+    fn with_capacity(options: usize, bytes: usize) -> OptionList {
+        OptionList { index: Vec::with_capacity(options), values: Vec::with_capacity(bytes) }
+    }
+
+    fn value(&self, at: u32, len: u32) -> &[u8] {
+        &self.values[at as usize..(at + len) as usize]
+    }
+
     fn get(&self, code: u8) -> Option<&[u8]> {
-        self.index.iter().find(|(c, ..)| *c == code).map(|&(_, at, len)| &self.values[at as usize..(at + len) as usize])
+        self.index.iter().find(|(c, ..)| *c == code).map(|&(_, at, len)| self.value(at, len))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
+        self.index.iter().map(|&(c, at, len)| (c, self.value(at, len)))
+    }
+
+    fn codes(&self) -> impl Iterator<Item = &u8> + '_ {
+        self.index.iter().map(|(c, ..)| c)
+    }
+
+    /// Sets option `code` to `val`, replacing any value (a replaced value's bytes stay in the
+    /// buffer, unused: a reply is short-lived).
+    fn set(&mut self, code: u8, val: &[u8]) {
+        let entry = (code, self.values.len() as u32, val.len() as u32);
+        self.values.extend_from_slice(val);
+        match self.index.iter_mut().find(|(c, ..)| *c == code) {
+            Some(e) => *e = entry,
+            None => self.index.push(entry),
+        }
+    }
+
+    fn remove(&mut self, code: u8) {
+        self.index.retain(|(c, ..)| *c != code);
     }
 
     /// Adds `val` to option `code`: a new option, or more of a repeated one (RFC 3396: the
@@ -287,7 +316,7 @@ pub fn parse(buf: &[u8]) -> Result<Packet, ParseError> {
     let msg = dhcproto::v4::Message::decode(&mut Decoder::new(&header))
         .map_err(|e| ParseError::Header(e.to_string()))?;
 
-    let mut options = OptionList { index: Vec::with_capacity(16), values: Vec::with_capacity(buf.len() - HEADER_LEN) };
+    let mut options = OptionList::with_capacity(16, buf.len() - HEADER_LEN);
     walk_options(&buf[HEADER_LEN + 4..], "options", &mut options)?;
     let sname_raw = &buf[44..108];
     let file_raw = &buf[108..236];
@@ -331,8 +360,7 @@ pub fn parse(buf: &[u8]) -> Result<Packet, ParseError> {
         chaddr,
         sname,
         file,
-        options: options.index,
-        values: options.values,
+        options,
     };
     pkt.validate_options()?;
     Ok(pkt)
@@ -378,16 +406,12 @@ pub fn sub_options(code: u8, v: &[u8]) -> Result<Vec<(u8, &[u8])>, ParseError> {
 impl Packet {
     /// Raw value of option `code` (concatenated if it was split).
     pub fn option(&self, code: u8) -> Option<&[u8]> {
-        self.options.iter().find(|(c, ..)| *c == code).map(|&(_, at, len)| self.value(at, len))
+        self.options.get(code)
     }
 
     /// Every option, in first-seen order: (code, value). Excludes pad and end.
     pub fn options(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
-        self.options.iter().map(|&(c, at, len)| (c, self.value(at, len)))
-    }
-
-    fn value(&self, at: u32, len: u32) -> &[u8] {
-        &self.values[at as usize..(at + len) as usize]
+        self.options.iter()
     }
 
     /// Option 53, if present.
@@ -625,12 +649,9 @@ pub struct Reply {
     pub sname: Vec<u8>,
     /// file field (≤ 127 bytes are written; longer goes only into option 67).
     pub file: Vec<u8>,
-    /// Options in the order they were first set, as (code, offset, length) into `values`
-    /// (53 and 54 are always emitted first; see [`Reply::encode`]).
-    options: Vec<(u8, u32, u32)>,
-    /// The option values, back to back (a replaced value's old bytes stay, unused: a reply is
-    /// short-lived, and this keeps building one to two allocations).
-    values: Vec<u8>,
+    /// Options in the order they were first set (53 and 54 are always emitted first; see
+    /// [`Reply::encode`]).
+    options: OptionList,
     /// Largest datagram the client accepts (from option 57, else 548).
     pub max_len: usize,
     /// The request's parameter request list (option 55). Requested options go out right after
@@ -655,8 +676,7 @@ impl Reply {
             chaddr: req.chaddr,
             sname: Vec::new(),
             file: Vec::new(),
-            options: Vec::with_capacity(16),
-            values: Vec::with_capacity(256),
+            options: OptionList::with_capacity(16, 256),
             max_len: req.max_message_size().map(|n| n as usize - 28).unwrap_or(DEFAULT_MAX_REPLY_LEN),
             requested: req.option(opt::PARAM_REQUEST).map(<[u8]>::to_vec).unwrap_or_default(),
         };
@@ -666,34 +686,24 @@ impl Reply {
 
     /// Sets (replaces) option `code`.
     pub fn set(&mut self, code: u8, value: impl AsRef<[u8]>) -> &mut Self {
-        let value = value.as_ref();
-        let entry = (code, self.values.len() as u32, value.len() as u32);
-        self.values.extend_from_slice(value);
-        match self.options.iter_mut().find(|(c, ..)| *c == code) {
-            Some(e) => *e = entry,
-            None => self.options.push(entry),
-        }
+        self.options.set(code, value.as_ref());
         self
     }
 
     /// Removes option `code`.
     pub fn remove(&mut self, code: u8) -> &mut Self {
-        self.options.retain(|(c, ..)| *c != code);
+        self.options.remove(code);
         self
     }
 
     /// The value set for option `code`.
     pub fn option(&self, code: u8) -> Option<&[u8]> {
-        self.options.iter().find(|(c, ..)| *c == code).map(|&(_, at, len)| self.value(at, len))
+        self.options.get(code)
     }
 
     /// Every option set, in the order first set: (code, value).
     pub fn options(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
-        self.options.iter().map(|&(c, at, len)| (c, self.value(at, len)))
-    }
-
-    fn value(&self, at: u32, len: u32) -> &[u8] {
-        &self.values[at as usize..(at + len) as usize]
+        self.options.iter()
     }
 
     /// Encodes the reply. Options that do not fit `max_len` are dropped from the end (except 53,
@@ -729,7 +739,7 @@ impl Reply {
         }
         let mut dropped = Vec::new();
         let order = [opt::MESSAGE_TYPE, opt::SERVER_ID].iter().chain(&self.requested);
-        for &code in order.chain(self.options.iter().map(|(c, ..)| c)) {
+        for &code in order.chain(self.options.codes()) {
             if !std::mem::replace(&mut placed[usize::from(code)], true) {
                 self.emit(&mut b, code, limit, &mut dropped);
             }
