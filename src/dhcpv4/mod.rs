@@ -263,10 +263,11 @@ impl Drop for StopOnDrop {
 /// A wake-up is much of what a request costs on a virtual machine (an idle vCPU halts and
 /// must be woken: ~14 µs of CPU per wake-up across vCPUs on the benchmark VM, `perf bench
 /// sched pipe -T`), and a durable write more, so under load one wake-up serves a batch, and
-/// so does one durable lease write: the ACKs of a batch leave after one commit. Nothing hops between threads on the way. A worker about to block
-/// hands the socket to a standby worker first ([`crate::handoff`]), so a slow policy call
-/// delays only its own request. Requests wait in the socket's receive buffer meanwhile; what
-/// the kernel drops from a full buffer is counted in `overloaded`.
+/// so does one durable lease write: the ACKs of a batch leave after one commit. Nothing hops
+/// between threads on the way. A worker about to block hands the socket to a standby worker
+/// first ([`crate::handoff`]), so a slow policy call delays only its own request. Requests
+/// wait in the socket's receive buffer meanwhile; what the kernel drops from a full buffer is
+/// counted in `overloaded`.
 pub async fn serve(
     sock: PktSocket,
     listener: Listener,

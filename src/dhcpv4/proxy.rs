@@ -120,7 +120,11 @@ pub fn boot_fields(r: &mut Reply, pkt: &Packet, phase: Phase, d: &BootDecision, 
         }
     }
     if !http && (pxe || d.filename.is_some()) {
-        let (text, n) = crate::wire::dhcpv4::ipv4_text(next);
+        // Dotted-quad text into a stack buffer: no allocation per reply.
+        let mut text = [0u8; 15];
+        let mut rest = &mut text[..];
+        std::io::Write::write_fmt(&mut rest, format_args!("{next}")).expect("an IPv4 address fits 15 bytes");
+        let n = 15 - rest.len();
         r.set(opt::TFTP_SERVER, &text[..n]);
     }
     if let Some(f) = &d.filename {

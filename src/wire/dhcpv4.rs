@@ -239,10 +239,7 @@ impl OptionList {
     /// pieces are concatenated in order).
     fn add(&mut self, code: u8, val: &[u8]) {
         match self.index.iter().position(|(c, ..)| *c == code) {
-            None => {
-                self.index.push((code, self.values.len() as u32, val.len() as u32));
-                self.values.extend_from_slice(val);
-            }
+            None => self.set(code, val),
             Some(i) => {
                 let (_, at, len) = self.index[i];
                 let end = (at + len) as usize;
@@ -578,29 +575,6 @@ pub fn guid_to_canonical(g: [u8; 16]) -> [u8; 16] {
     u
 }
 
-/// `ip` in dotted-quad text, without allocating: (bytes, length).
-pub fn ipv4_text(ip: Ipv4Addr) -> ([u8; 15], usize) {
-    let mut out = [0u8; 15];
-    let mut n = 0;
-    for (i, o) in ip.octets().into_iter().enumerate() {
-        if i > 0 {
-            out[n] = b'.';
-            n += 1;
-        }
-        if o >= 100 {
-            out[n] = b'0' + o / 100;
-            n += 1;
-        }
-        if o >= 10 {
-            out[n] = b'0' + o / 10 % 10;
-            n += 1;
-        }
-        out[n] = b'0' + o % 10;
-        n += 1;
-    }
-    (out, n)
-}
-
 /// PXE (Intel PXE 2.1 spec) encapsulated option 43 sub-options.
 pub mod pxe {
     /// PXE_DISCOVERY_CONTROL.
@@ -696,16 +670,6 @@ impl Reply {
         self
     }
 
-    /// The value set for option `code`.
-    pub fn option(&self, code: u8) -> Option<&[u8]> {
-        self.options.get(code)
-    }
-
-    /// Every option set, in the order first set: (code, value).
-    pub fn options(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
-        self.options.iter()
-    }
-
     /// Encodes the reply. Options that do not fit `max_len` are dropped from the end (except 53,
     /// 54 and 255) and returned as the second element so the caller can log them.
     pub fn encode(&self) -> (Vec<u8>, Vec<u8>) {
@@ -756,7 +720,7 @@ impl Reply {
     /// `limit` with the END byte after it; an option that does not fit is left out and its
     /// code added to `dropped` (53 and 54 always go in).
     fn emit(&self, b: &mut Vec<u8>, code: u8, limit: usize, dropped: &mut Vec<u8>) {
-        let Some(val) = self.option(code) else { return };
+        let Some(val) = self.options.get(code) else { return };
         let mark = b.len();
         if val.is_empty() {
             b.extend_from_slice(&[code, 0]);
@@ -791,15 +755,6 @@ mod tests {
         b.extend_from_slice(opts);
         b.push(255);
         b
-    }
-
-    #[test]
-    fn ipv4_text_matches_display() {
-        for ip in ["0.0.0.0", "255.255.255.255", "10.0.0.1", "100.20.3.199", "9.99.109.250", "127.0.0.1"] {
-            let a: Ipv4Addr = ip.parse().unwrap();
-            let (text, n) = ipv4_text(a);
-            assert_eq!(&text[..n], a.to_string().as_bytes());
-        }
     }
 
     #[test]
