@@ -809,8 +809,8 @@ const BUSY_POLL_HITS: u32 = 16;
 /// answering. Such a transfer yields the CPU between its looks at the socket instead
 /// (`sched_yield`): the client, woken by the block just sent, runs at once and its ACK is there
 /// when the transfer gets the CPU back, with no sleep and wake-up in between. 4 KiB files to
-/// curl on loopback, both pinned to one CPU: 3300 requests/s yielding, 2690 sleeping, 2300
-/// spinning; dnsmasq 3350 (bench/RESULTS-tftp.md, stage 10).
+/// curl on loopback, both pinned to one CPU: ~3300 requests/s yielding, ~2700 sleeping, ~2300
+/// spinning; dnsmasq 3000-3400 (bench/RESULTS-tftp.md, stage 10).
 struct BusyPoll<'a> {
     budget: std::time::Duration,
     /// The server's polling transfers; this one is counted in it while it lives (unless its
