@@ -225,6 +225,9 @@ impl Server {
             }
         }
         reporter.abort();
+        if let Some(full) = self.full.clone() {
+            let _ = tokio::task::spawn_blocking(move || full.withdraw_stored_offers()).await;
+        }
         info!("pixie stopped; DHCP counters: {}", self.stats);
         result
     }

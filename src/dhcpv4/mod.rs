@@ -7,7 +7,8 @@
 //! parse (malformed: counted, dropped, logged at debug) → [`proxy::classify`] → build a
 //! [`BootRequest`] → ask the policy (bounded by its deadline) → [`proxy::build_reply`] → send
 //! out of the interface the request came in on. Under load it takes requests in batches, every
-//! [`Context::batch`], so that one wake-up and one durable lease write serve a whole batch. A
+//! [`Context::batch`], so that one wake-up and one durable lease write serve a whole batch; in
+//! full mode the REQUESTs that follow a batch's OFFERs are answered as they arrive. A
 //! worker about to block (a slow policy call, a per-host store commit, a slow disk) hands the
 //! socket to another one first, so the others keep being answered.
 
@@ -319,15 +320,28 @@ fn worker(me: usize, sock: &Arc<SyncPktSocket>, listener: Listener, ctx: &Contex
 }
 
 /// Waits for requests and handles them in batches while this worker holds the socket.
+///
+/// In full mode, a batch's OFFERs leave after their commit, and their REQUESTs follow within
+/// a round trip. Their leases are stored already, so their ACKs need no write: until those
+/// REQUESTs are in (or the next batch is due), the worker waits on the socket instead of
+/// sleeping and answers each as it arrives ([`expect_requests`]).
 fn drive(me: usize, sock: &Arc<SyncPktSocket>, listener: Listener, ctx: &Context, baton: &Baton, buf: &mut [u8]) {
     // Under load: when to take the next batch. `None`: sleep until a request arrives.
     let mut next: Option<Instant> = None;
+    // REQUESTs expected for the OFFERs the last batch sent.
+    let mut expected = 0u64;
     loop {
         if baton.stopped() || !baton.holds(me) {
             return;
         }
         match next {
             Some(at) => {
+                if expected > 0 {
+                    expect_requests(me, sock, listener, ctx, baton, buf, expected, at);
+                    if !baton.holds(me) {
+                        return;
+                    }
+                }
                 let now = Instant::now();
                 if at > now {
                     std::thread::sleep(at - now);
@@ -345,6 +359,7 @@ fn drive(me: usize, sock: &Arc<SyncPktSocket>, listener: Listener, ctx: &Context
         }
         let started = Instant::now();
         baton.begin_batch();
+        let offers_before = ctx.stats.offers.load(Ordering::Relaxed);
         let mut taken = 0;
         // Stops early if a slow request made this worker hand the socket over: the rest is
         // for the worker that took it.
@@ -370,6 +385,10 @@ fn drive(me: usize, sock: &Arc<SyncPktSocket>, listener: Listener, ctx: &Context
             }
         }
         baton.end_batch(me);
+        expected = match (listener, &ctx.full) {
+            (Listener::Dhcp, Some(_)) => ctx.stats.offers.load(Ordering::Relaxed).saturating_sub(offers_before),
+            _ => 0,
+        };
         next = if taken == 0 || ctx.batch.is_zero() {
             None
         } else if taken >= MAX_BATCH {
@@ -377,6 +396,47 @@ fn drive(me: usize, sock: &Arc<SyncPktSocket>, listener: Listener, ctx: &Context
         } else {
             Some(started + ctx.batch)
         };
+    }
+}
+
+/// Until `until`, or until `expected` REQUESTs have been ACKed, waits on the socket and
+/// handles each request as it arrives: a REQUEST for a stored offer is ACKed at once, while
+/// whatever needs a write (a DISCOVER's offer, another ACK) waits in the writer's queue for
+/// the batch at `until`. One wake-up per arrival, so only while REQUESTs are due.
+#[allow(clippy::too_many_arguments)]
+fn expect_requests(
+    me: usize,
+    sock: &Arc<SyncPktSocket>,
+    listener: Listener,
+    ctx: &Context,
+    baton: &Baton,
+    buf: &mut [u8],
+    expected: u64,
+    until: Instant,
+) {
+    // ACKs leave here only for stored offers (the others wait for the batch's commit).
+    let acked_before = ctx.stats.acks.load(Ordering::Relaxed);
+    while ctx.stats.acks.load(Ordering::Relaxed).saturating_sub(acked_before) < expected && baton.holds(me) && !baton.stopped() {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        match sock.wait_readable(until - now) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return,
+        }
+        baton.begin_batch();
+        let mut taken = 0;
+        while taken < MAX_BATCH && baton.holds(me) {
+            match take_one(sock, listener, ctx, buf) {
+                Took::One => taken += 1,
+                Took::Nothing | Took::Failed => break,
+            }
+        }
+        baton.end_batch(me);
+        if taken == 0 {
+            return;
+        }
     }
 }
 

@@ -560,6 +560,7 @@ pub fn encode(l: &Lease, out: &mut Vec<u8>) {
         LeaseState::Bound => 0,
         LeaseState::Released => 1,
         LeaseState::Declined => 2,
+        LeaseState::Offered => 3,
     });
     out.extend_from_slice(&l.expires.to_le_bytes());
     field(out, &l.client);
@@ -585,6 +586,7 @@ pub fn decode(buf: &mut &[u8]) -> Option<Lease> {
         0 => LeaseState::Bound,
         1 => LeaseState::Released,
         2 => LeaseState::Declined,
+        3 => LeaseState::Offered,
         _ => return None,
     };
     let expires = u64::from_le_bytes(take(buf, 8)?.try_into().ok()?);
@@ -646,6 +648,10 @@ mod tests {
             vec![lease(2, 2, LeaseState::Released, 300), lease(9, 0, LeaseState::Declined, 400), long],
             (10..60).map(|i| lease(i + 100, i, LeaseState::Bound, 500 + u64::from(i))).collect(),
             vec![lease(2, 2, LeaseState::Bound, 600)],
+            // Durable offers: a fresh one, one that moves client 1 from .3, then the first is
+            // acknowledged.
+            vec![lease(61, 61, LeaseState::Offered, 700), lease(62, 1, LeaseState::Offered, 700)],
+            vec![lease(61, 61, LeaseState::Bound, 700)],
         ]
     }
 

@@ -53,16 +53,28 @@ pub enum LeaseState {
     Released,
     /// Declined by a client (DHCPDECLINE: in use by someone else); quarantined until `expires`.
     Declined,
+    /// Offered to the client and stored before the OFFER left (a durable offer), so that its
+    /// REQUEST can be acknowledged with nothing left to write. The client may hold it until
+    /// `expires` (the ACK may have left before a crash): it is kept for the client like a bound
+    /// lease. A `Bound` record replaces it shortly after the ACK.
+    Offered,
 }
 
 impl LeaseState {
-    /// `bound`, `released`, `declined` (as stored and printed).
+    /// `bound`, `released`, `declined`, `offered` (as stored and printed).
     pub fn as_str(self) -> &'static str {
         match self {
             LeaseState::Bound => "bound",
             LeaseState::Released => "released",
             LeaseState::Declined => "declined",
+            LeaseState::Offered => "offered",
         }
+    }
+
+    /// Whether the record's client may hold the address until `expires` (bound, or offered and
+    /// perhaps acknowledged since).
+    pub fn held(self) -> bool {
+        matches!(self, LeaseState::Bound | LeaseState::Offered)
     }
 
     /// Inverse of [`LeaseState::as_str`].
@@ -71,6 +83,7 @@ impl LeaseState {
             "bound" => Some(LeaseState::Bound),
             "released" => Some(LeaseState::Released),
             "declined" => Some(LeaseState::Declined),
+            "offered" => Some(LeaseState::Offered),
             _ => None,
         }
     }
@@ -88,7 +101,7 @@ pub struct Lease {
     pub mac: HwAddr,
     /// Option 12 as the client sent it.
     pub hostname: Option<String>,
-    /// Bound, released or declined.
+    /// Bound, released, declined or offered.
     pub state: LeaseState,
     /// End of the lease (or of the quarantine), Unix seconds.
     pub expires: u64,
@@ -106,7 +119,7 @@ pub trait LeaseBackend: Send + fmt::Debug + 'static {
 
     /// Stores `batch` atomically and durably: when this returns `Ok`, every record survives a
     /// crash; on `Err`, none was stored. Each record replaces the row of its address; a
-    /// `Bound` record also removes any other row of the same (non-empty) client.
+    /// `Bound` or `Offered` record also removes any other row of the same (non-empty) client.
     fn apply(&mut self, batch: &[Lease]) -> Result<(), StoreError>;
 }
 
@@ -128,10 +141,10 @@ impl LeaseMap {
         m
     }
 
-    /// Applies one record: it replaces its address's row; a `Bound` one also removes every other
-    /// row of its (non-empty) client.
+    /// Applies one record: it replaces its address's row; a `Bound` or `Offered` one also
+    /// removes every other row of its (non-empty) client.
     pub fn apply(&mut self, l: &Lease) {
-        if l.state == LeaseState::Bound && !l.client.is_empty() {
+        if l.state.held() && !l.client.is_empty() {
             if let Some(ips) = self.by_client.remove(&l.client) {
                 for ip in ips.into_iter().filter(|ip| *ip != l.ip) {
                     self.rows.remove(&ip);

@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS dhcp4_leases (
     client   BLOB NOT NULL,         -- option 61, else htype + chaddr; empty when declined
     mac      TEXT NOT NULL,         -- aa:bb:cc:dd:ee:ff
     hostname TEXT,
-    state    TEXT NOT NULL,         -- bound | released | declined
+    state    TEXT NOT NULL,         -- bound | released | declined | offered
     expires  INTEGER NOT NULL,      -- Unix seconds
     updated  INTEGER NOT NULL       -- Unix seconds of the last write
 );
@@ -185,7 +185,7 @@ fn write_rows(tx: &Connection, batch: &[Lease]) -> Result<(), StoreError> {
         .map_err(err)?;
     for l in batch {
         let ip = u32::from(l.ip) as i64;
-        if l.state == LeaseState::Bound && !l.client.is_empty() {
+        if l.state.held() && !l.client.is_empty() {
             moved.execute(params![l.client, ip]).map_err(err)?;
         }
         put.execute(params![

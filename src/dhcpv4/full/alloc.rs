@@ -40,6 +40,12 @@ pub struct Slot {
     pub state: SlotState,
     /// Unix seconds the state lasts until.
     pub until: u64,
+    /// Until when the store holds this address for this client (Unix seconds; 0: it does
+    /// not): an ACK that ends no later needs no write of its own ([`LeaseTable::bind`]).
+    pub stored_until: u64,
+    /// Whether that stored record is a durable offer ([`LeaseState::Offered`]) rather than a
+    /// bound lease.
+    pub stored_offer: bool,
 }
 
 impl Slot {
@@ -61,6 +67,17 @@ pub enum AllocError {
 /// [`LeaseTable::bind`] refused: another client holds the address (or it is quarantined).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken;
+
+/// What an ACK needs from the store ([`LeaseTable::bind`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// This record, durable before the ACK leaves.
+    Write(Lease),
+    /// Nothing: the store already holds the lease for as long (a durable offer, or an earlier
+    /// write). `Some`: a record to store after the ACK, turning a stored offer into a bound
+    /// lease for `pixie leases`; nothing waits for it, and it ends no sooner than the offer did.
+    Stored(Option<Lease>),
+}
 
 /// What [`LeaseTable::bind`] changed, to undo it if the durable write fails.
 #[derive(Debug, Clone)]
@@ -96,14 +113,19 @@ impl LeaseTable {
         let mut t = LeaseTable::default();
         for l in leases {
             let state = match l.state {
-                LeaseState::Bound => SlotState::Bound,
+                // A stored offer may have been acknowledged before the restart: the client
+                // holds it as if bound.
+                LeaseState::Bound | LeaseState::Offered => SlotState::Bound,
                 LeaseState::Released => SlotState::Released,
                 LeaseState::Declined => SlotState::Declined,
             };
             if !l.client.is_empty() {
                 t.by_client.insert(l.client.clone(), l.ip);
             }
-            t.by_ip.insert(l.ip, Slot { client: l.client, mac: l.mac, hostname: l.hostname, state, until: l.expires });
+            let stored_until = if state == SlotState::Bound { l.expires } else { 0 };
+            let stored_offer = l.state == LeaseState::Offered;
+            let slot = Slot { client: l.client, mac: l.mac, hostname: l.hostname, state, until: l.expires, stored_until, stored_offer };
+            t.by_ip.insert(l.ip, slot);
         }
         t
     }
@@ -222,6 +244,8 @@ impl LeaseTable {
                 hostname,
                 state: SlotState::Offered,
                 until: now + u64::from(offer_time),
+                stored_until: self.stored_for(ip, client),
+                stored_offer: self.by_ip.get(&ip).is_some_and(|s| s.client == client && s.stored_offer),
             },
         };
         self.set_slot(ip, slot, !holds_other);
@@ -263,8 +287,52 @@ impl LeaseTable {
         Err(AllocError::Exhausted)
     }
 
+    /// Until when the store holds `ip` bound to `client` (0: it does not).
+    fn stored_for(&self, ip: Ipv4Addr, client: &[u8]) -> u64 {
+        self.by_ip.get(&ip).filter(|s| s.client == client).map_or(0, |s| s.stored_until)
+    }
+
+    /// The record that makes the offer of `ip` to `client` (just made by [`LeaseTable::offer`])
+    /// durable until `until`, so that its ACK needs no write: an [`LeaseState::Offered`] record
+    /// for a fresh offer, a longer [`LeaseState::Bound`] one for a bound client asking again for
+    /// its address (unless the store only ever held an offer for it). `None` when the offer must stay in memory: the client holds a lease on
+    /// another address, which the record would replace in the store before the client has
+    /// accepted this one.
+    pub fn offer_record(&self, ip: Ipv4Addr, client: &[u8], until: u64) -> Option<Lease> {
+        let s = self.by_ip.get(&ip).filter(|s| s.client == client && s.state != SlotState::Declined)?;
+        if self.address_of(client) != Some(ip) {
+            return None;
+        }
+        let state = match s.state {
+            // Bound, but all the store knows is an offer (its ACK's marker is not stored yet,
+            // or it was restored from one): still an offer as far as anyone can tell.
+            SlotState::Bound if !s.stored_offer => LeaseState::Bound,
+            SlotState::Offered | SlotState::Bound => LeaseState::Offered,
+            _ => return None,
+        };
+        Some(Lease {
+            ip,
+            client: client.to_vec(),
+            mac: s.mac.clone(),
+            hostname: s.hostname.clone(),
+            state,
+            expires: until.max(s.stored_until),
+        })
+    }
+
+    /// Notes that the store now holds `record` (an offered or bound lease), if its address
+    /// still belongs to the same client.
+    pub fn stored(&mut self, record: &Lease) {
+        if let Some(s) = self.by_ip.get_mut(&record.ip).filter(|s| s.client == record.client) {
+            s.stored_until = s.stored_until.max(record.expires);
+            s.stored_offer = record.state == LeaseState::Offered;
+        }
+    }
+
     /// Marks `ip` bound to `client` until `now + lease`. Fails if someone else holds it.
-    /// Returns the lease record to persist and how to undo the change.
+    /// Returns what the store needs ([`Binding::Write`] unless it already holds this lease
+    /// for as long, with the same MAC and hostname: a durable offer,
+    /// [`LeaseTable::offer_record`]) and how to undo the change.
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &mut self,
@@ -274,10 +342,19 @@ impl LeaseTable {
         hostname: Option<String>,
         lease: u32,
         now: u64,
-    ) -> Result<(Lease, Undo), Taken> {
+    ) -> Result<(Binding, Undo), Taken> {
         if !self.available_for(ip, client, now) {
             return Err(Taken);
         }
+        let until = now + u64::from(lease);
+        let stored = self.by_ip.get(&ip).filter(|s| {
+            s.client == client
+                && s.stored_until >= until
+                && s.mac == *mac
+                && s.hostname == hostname
+                && self.address_of(client) == Some(ip)
+        });
+        let (stored_until, stored_offer) = stored.map_or((0, false), |s| (s.stored_until, s.stored_offer));
         let mut undo = Undo { slots: vec![(ip, self.by_ip.get(&ip).cloned())], client: (client.to_vec(), self.address_of(client)) };
         // The store drops the client's other row in the same transaction; so does memory.
         if let Some(prev) = self.address_of(client).filter(|p| *p != ip) {
@@ -285,10 +362,33 @@ impl LeaseTable {
                 undo.slots.push((prev, self.by_ip.remove(&prev)));
             }
         }
-        let until = now + u64::from(lease);
-        self.set(ip, Slot { client: client.to_vec(), mac: mac.clone(), hostname: hostname.clone(), state: SlotState::Bound, until });
+        if stored_until > 0 {
+            // The store already says so; nothing else changes there either, as the client held
+            // no other address when its offer was stored.
+            let marker = stored_offer.then(|| Lease {
+                ip,
+                client: client.to_vec(),
+                mac: mac.clone(),
+                hostname: hostname.clone(),
+                state: LeaseState::Bound,
+                expires: stored_until,
+            });
+            let slot = Slot { client: client.to_vec(), mac: mac.clone(), hostname, state: SlotState::Bound, until, stored_until, stored_offer };
+            self.set(ip, slot);
+            return Ok((Binding::Stored(marker), undo));
+        }
+        let slot = Slot {
+            client: client.to_vec(),
+            mac: mac.clone(),
+            hostname: hostname.clone(),
+            state: SlotState::Bound,
+            until,
+            stored_until: 0,
+            stored_offer: false,
+        };
+        self.set(ip, slot);
         let record = Lease { ip, client: client.to_vec(), mac: mac.clone(), hostname, state: LeaseState::Bound, expires: until };
-        Ok((record, undo))
+        Ok((Binding::Write(record), undo))
     }
 
     /// Restores what [`LeaseTable::bind`] changed.
@@ -309,14 +409,45 @@ impl LeaseTable {
         };
     }
 
-    /// Withdraws an offer to `client` (it chose another server). Bound leases stay.
-    pub fn cancel_offer(&mut self, client: &[u8]) {
-        if let Some(ip) = self.address_of(client) {
-            if self.by_ip.get(&ip).is_some_and(|s| s.state == SlotState::Offered && s.client == client) {
-                self.by_ip.remove(&ip);
-                self.by_client.remove(client);
-            }
+    /// Withdraws an offer to `client` (it chose another server, or its lease could not be
+    /// stored). Bound leases stay. Returns the record that ends a stored offer in the store (as
+    /// released: the client gets the address again if it comes back), if it was stored.
+    pub fn cancel_offer(&mut self, client: &[u8], now: u64) -> Option<Lease> {
+        let ip = self.address_of(client)?;
+        let s = self.by_ip.get(&ip).filter(|s| s.state == SlotState::Offered && s.client == client)?;
+        let record = (s.stored_until > 0).then(|| Lease {
+            ip,
+            client: client.to_vec(),
+            mac: s.mac.clone(),
+            hostname: s.hostname.clone(),
+            state: LeaseState::Released,
+            expires: now,
+        });
+        self.by_ip.remove(&ip);
+        self.by_client.remove(client);
+        record
+    }
+
+    /// Ends every stored offer that no REQUEST took up (at a clean stop): returns the records
+    /// that mark them released, so that they are free after a restart. An offer whose REQUEST
+    /// was ACKed is bound in memory and stays.
+    pub fn withdraw_stored_offers(&mut self, now: u64) -> Vec<Lease> {
+        let mut out = Vec::new();
+        for (ip, s) in self.by_ip.iter_mut().filter(|(_, s)| s.state == SlotState::Offered && s.stored_offer) {
+            out.push(Lease {
+                ip: *ip,
+                client: s.client.clone(),
+                mac: s.mac.clone(),
+                hostname: s.hostname.clone(),
+                state: LeaseState::Released,
+                expires: now,
+            });
+            s.state = SlotState::Released;
+            s.until = now;
+            s.stored_until = 0;
+            s.stored_offer = false;
         }
+        out
     }
 
     /// DHCPRELEASE: `client` gives `ip` back. Returns the record to persist, if it was its lease.
@@ -324,6 +455,8 @@ impl LeaseTable {
         let s = self.by_ip.get_mut(&ip).filter(|s| s.client == client && s.state == SlotState::Bound)?;
         s.state = SlotState::Released;
         s.until = now;
+        s.stored_until = 0;
+        s.stored_offer = false;
         Some(Lease {
             ip,
             client: client.to_vec(),
@@ -341,7 +474,7 @@ impl LeaseTable {
         let mac = s.mac.clone();
         self.by_client.remove(client);
         let until = now + u64::from(secs);
-        self.by_ip.insert(ip, Slot { client: Vec::new(), mac: mac.clone(), hostname: None, state: SlotState::Declined, until });
+        self.by_ip.insert(ip, Slot { client: Vec::new(), mac: mac.clone(), hostname: None, state: SlotState::Declined, until, stored_until: 0, stored_offer: false });
         Some(Lease { ip, client: Vec::new(), mac, hostname: None, state: LeaseState::Declined, expires: until })
     }
 }
@@ -393,7 +526,7 @@ mod tests {
         let ip = t.offer(0, &s, b"a", &mac(1), None, None, None, 0, 30).unwrap();
         assert!(t.bind(ip, b"b", &mac(2), None, 100, 0).is_err(), "offered to a");
         let (rec, undo) = t.bind(ip, b"a", &mac(1), None, 100, 0).unwrap();
-        assert_eq!(rec.expires, 100);
+        assert!(matches!(rec, Binding::Write(Lease { expires: 100, .. })), "{rec:?}");
         assert!(t.held_by_other(ip, b"b", 50));
         t.rollback(undo);
         assert_eq!(t.slot(ip).unwrap().state, SlotState::Offered);
@@ -403,6 +536,113 @@ mod tests {
         t.bind(other, b"a", &mac(1), None, 100, 0).unwrap();
         assert!(t.slot(ip).is_none());
         assert_eq!(t.address_of(b"a"), Some(other));
+    }
+
+    /// Whether `b` asks for a record before the ACK.
+    fn writes(b: &Binding) -> bool {
+        matches!(b, Binding::Write(_))
+    }
+
+    #[test]
+    fn a_stored_offer_is_acked_without_a_record_and_only_while_the_store_covers_it() {
+        let s = subnet(10, 20);
+        let mut t = LeaseTable::default();
+        let ip = t.offer(0, &s, b"a", &mac(1), Some("pc".into()), None, None, 0, 30).unwrap();
+        let rec = t.offer_record(ip, b"a", 130).expect("a fresh offer can be stored");
+        assert_eq!((rec.state, rec.expires, rec.hostname.as_deref()), (LeaseState::Offered, 130, Some("pc")));
+        // Not stored yet (the write has not returned): the ACK needs its own record.
+        let (r, undo) = t.bind(ip, b"a", &mac(1), Some("pc".into()), 100, 10).unwrap();
+        assert!(writes(&r));
+        t.rollback(undo);
+        t.stored(&rec);
+        // Stored: an ACK ending by then needs nothing written before it, and a record after it
+        // that marks the offer bound, for as long as the offer was stored...
+        let (r, _) = t.bind(ip, b"a", &mac(1), Some("pc".into()), 100, 30).unwrap();
+        let Binding::Stored(Some(marker)) = r else { panic!("{r:?}") };
+        assert_eq!((marker.state, marker.expires, marker.hostname.as_deref()), (LeaseState::Bound, 130, Some("pc")));
+        assert_eq!(t.slot(ip).unwrap().state, SlotState::Bound);
+        // ...a second one before the marker is stored asks for it again; after, for nothing.
+        assert_eq!(t.bind(ip, b"a", &mac(1), Some("pc".into()), 100, 30).unwrap().0, Binding::Stored(Some(marker.clone())));
+        t.stored(&marker);
+        assert_eq!(t.bind(ip, b"a", &mac(1), Some("pc".into()), 100, 30).unwrap().0, Binding::Stored(None));
+        // One ending later needs a write (a renewal), as does one with another hostname.
+        assert!(writes(&t.bind(ip, b"a", &mac(1), Some("pc".into()), 100, 31).unwrap().0));
+        let mut t2 = LeaseTable::default();
+        let ip2 = t2.offer(0, &s, b"a", &mac(1), Some("pc".into()), None, None, 0, 30).unwrap();
+        t2.stored(&t2.offer_record(ip2, b"a", 130).unwrap());
+        assert!(writes(&t2.bind(ip2, b"a", &mac(1), Some("laptop".into()), 100, 0).unwrap().0));
+        // Another client taking the address over never inherits what was stored for the first.
+        let mut t3 = LeaseTable::default();
+        let ip3 = t3.offer(0, &s, b"a", &mac(1), None, None, Some(Ipv4Addr::new(10, 0, 0, 10)), 0, 30).unwrap();
+        t3.stored(&t3.offer_record(ip3, b"a", 130).unwrap());
+        assert_eq!(t3.offer(0, &s, b"b", &mac(2), None, None, Some(ip3), 31, 30), Ok(ip3), "a's offer lapsed");
+        assert!(writes(&t3.bind(ip3, b"b", &mac(2), None, 100, 31).unwrap().0));
+    }
+
+    #[test]
+    fn a_bound_client_asking_again_gets_its_lease_stored_longer_but_not_one_moving_elsewhere() {
+        let s = subnet(10, 20);
+        let mut t = LeaseTable::default();
+        let old = t.offer(0, &s, b"a", &mac(1), None, None, None, 0, 30).unwrap();
+        let Binding::Write(rec) = t.bind(old, b"a", &mac(1), None, 1000, 0).unwrap().0 else { panic!() };
+        t.stored(&rec);
+        // The policy now pins another address: storing its offer would drop the bound lease
+        // from the store before the client accepted the new one.
+        let new = Ipv4Addr::new(10, 0, 0, 15);
+        assert_eq!(t.offer(0, &s, b"a", &mac(1), None, None, Some(new), 10, 30), Ok(new));
+        assert!(t.offer_record(new, b"a", 2000).is_none());
+        // Asking again for its own address: stored bound for longer, never shorter, so that the
+        // REQUEST that renews it needs no write.
+        assert_eq!(t.offer(0, &s, b"a", &mac(1), None, None, None, 10, 30), Ok(old));
+        let longer = t.offer_record(old, b"a", 2000).expect("a bound lease can be stored longer");
+        assert_eq!((longer.state, longer.expires), (LeaseState::Bound, 2000));
+        assert_eq!(t.offer_record(old, b"a", 500).unwrap().expires, 1000, "shortened");
+        t.stored(&longer);
+        assert_eq!(t.bind(old, b"a", &mac(1), None, 1000, 20).unwrap().0, Binding::Stored(None));
+        assert_eq!(t.slot(old).unwrap().until, 1020);
+    }
+
+    #[test]
+    fn a_clean_stop_releases_stored_offers_nobody_requested() {
+        let s = subnet(10, 20);
+        let mut t = LeaseTable::default();
+        let a = t.offer(0, &s, b"a", &mac(1), None, None, None, 0, 30).unwrap();
+        let b = t.offer(0, &s, b"b", &mac(2), None, None, None, 0, 30).unwrap();
+        let c = t.offer(0, &s, b"c", &mac(3), None, None, None, 0, 30).unwrap();
+        for (ip, client) in [(a, &b"a"[..]), (b, b"b")] {
+            t.stored(&t.offer_record(ip, client, 130).unwrap());
+        }
+        t.bind(a, b"a", &mac(1), None, 100, 5).unwrap();
+        // a was ACKed (bound), c's offer was never stored: only b's is withdrawn.
+        let w = t.withdraw_stored_offers(9);
+        assert_eq!(w.iter().map(|l| (l.ip, l.state, l.expires)).collect::<Vec<_>>(), vec![(b, LeaseState::Released, 9)]);
+        assert_eq!(t.slot(a).unwrap().state, SlotState::Bound);
+        assert_eq!(t.slot(c).unwrap().state, SlotState::Offered);
+        assert!(t.withdraw_stored_offers(10).is_empty());
+    }
+
+    #[test]
+    fn stored_offers_are_held_after_a_restart_as_if_acknowledged() {
+        let offered = Lease {
+            ip: Ipv4Addr::new(10, 0, 0, 12),
+            client: b"a".to_vec(),
+            mac: mac(1),
+            hostname: None,
+            state: LeaseState::Offered,
+            expires: 500,
+        };
+        let mut t = LeaseTable::from_leases(vec![offered.clone()]);
+        assert_eq!(t.slot(offered.ip).unwrap().state, SlotState::Bound);
+        assert!(t.held_by_other(offered.ip, b"b", 499));
+        assert_eq!(t.address_of(b"a"), Some(offered.ip));
+        // Asking again: stored longer, still as an offer (nothing says it was ever ACKed).
+        let s = subnet(10, 20);
+        assert_eq!(t.offer(0, &s, b"a", &mac(1), None, None, None, 200, 30), Ok(offered.ip));
+        let again = t.offer_record(offered.ip, b"a", 600).unwrap();
+        assert_eq!((again.state, again.expires), (LeaseState::Offered, 600));
+        // Its ACK (if the client REQUESTs it) marks it bound; no record before.
+        let Binding::Stored(Some(m)) = t.bind(offered.ip, b"a", &mac(1), None, 100, 300).unwrap().0 else { panic!() };
+        assert_eq!((m.state, m.expires), (LeaseState::Bound, 500));
     }
 
     #[test]

@@ -6,10 +6,18 @@
 //! the message (RFC 2131 §4.3.2: SELECTING, INIT-REBOOT, RENEWING, REBINDING) → ask the policy
 //! (`phase` `discover`, `request` or `inform`; `()` means silence) → allocate or check the
 //! address in the [`alloc::LeaseTable`] → reply, to the relay, the client's address, a
-//! broadcast, or a unicast to the new address after setting its ARP entry (§4.1). An ACK is
-//! queued in the [`crate::leases::LeaseWriter`] with its lease instead: it leaves once the
-//! lease is durable, after the commit the worker makes at the end of its batch of requests
-//! (one durable write for the batch's ACKs).
+//! broadcast, or a unicast to the new address after setting its ARP entry (§4.1).
+//!
+//! Durability: no ACK leaves before its lease is durable. An OFFER is queued in the
+//! [`crate::leases::LeaseWriter`] with its lease, stored for the lease time plus the offer's
+//! hold (a durable offer, [`crate::leases::LeaseState::Offered`]), and leaves after the commit
+//! the worker makes at the end of its batch of requests (one durable write for the batch). The
+//! REQUEST that takes the offer up then finds its whole lease stored, and its ACK leaves at
+//! once; a record marking the lease bound follows in a later commit, and nobody waits for it.
+//! An ACK that needs more than is stored (a renewal past it, another hostname, a REBOOT with
+//! no stored offer) is queued with its record and leaves after the batch's commit. A clean
+//! stop releases the stored offers no REQUEST took up; after a crash they stay held for their
+//! lease time, as their ACK may have left.
 //!
 //! The sans-IO parts ([`select_subnet`], [`client_state`], [`destination`], [`build`]) are
 //! plain functions tested below; [`handle`] strings them together with the socket, policy and
@@ -31,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use self::alloc::{AllocError, LeaseTable, SlotState, Undo};
+use self::alloc::{AllocError, Binding, LeaseTable, SlotState, Undo};
 use super::{ask_policy, Context, Stats};
 use crate::config::{FullDhcp, Subnet};
 use crate::leases::{unix_now, Lease, LeaseBackend, LeaseWriter, StoreError};
@@ -77,6 +85,30 @@ impl Full {
     /// The group-commit writer (its counters tell how many leases each durable write carried).
     pub fn writer(&self) -> &LeaseWriter {
         &self.writer
+    }
+
+    /// At a clean stop, once no worker handles requests: marks released every stored offer
+    /// that no REQUEST took up, so that a restart finds those addresses free (after a crash
+    /// they stay held for their lease time, as an ACK may have left), and stores whatever is
+    /// still queued. Blocks until written.
+    pub fn withdraw_stored_offers(&self) {
+        let records = self.lock().withdraw_stored_offers(unix_now());
+        let n = records.len();
+        for r in records {
+            let ip = r.ip;
+            self.writer.queue(
+                r,
+                Box::new(move |r| {
+                    if let Err(e) = r {
+                        warn!(%ip, "an offer nobody requested could not be marked released: {e}");
+                    }
+                }),
+            );
+        }
+        self.writer.commit();
+        if n > 0 {
+            info!("released {n} stored offer(s) that no REQUEST took up");
+        }
     }
 
     /// Number of addresses with a record in memory.
@@ -318,17 +350,30 @@ struct DurableAck {
     filename: String,
 }
 
+/// An OFFER whose lease is stored before it leaves (a durable offer): the client's REQUEST
+/// for it is then ACKed at once, with nothing left to write.
+struct DurableOffer {
+    out: Outgoing,
+    record: Lease,
+}
+
 /// What a request gets.
 enum Answer {
     /// This reply, now.
     Now(Outgoing),
     /// This ACK, after its lease is stored.
     Durable(DurableAck),
+    /// This OFFER, after its lease is stored.
+    DurableOffer(DurableOffer),
+    /// This ACK now, its lease being stored already as an offer; then this record, which
+    /// marks the stored offer bound (nothing waits for it).
+    AckThenMark(Outgoing, Lease),
 }
 
-/// Handles one request on the DHCP port in full mode. OFFERs, NAKs and INFORM answers leave
-/// at once; an ACK is queued with its lease in [`Full::writer`] and leaves after the caller's
-/// next [`LeaseWriter::commit`] (the worker commits once per batch of requests).
+/// Handles one request on the DHCP port in full mode. NAKs, INFORM answers and the ACKs of
+/// stored offers leave at once; an OFFER, or an ACK that needs a write, is queued with its
+/// lease in [`Full::writer`] and leaves after the caller's next [`LeaseWriter::commit`] (the
+/// worker commits once per batch of requests).
 pub fn handle(full: &Arc<Full>, sock: &Arc<SyncPktSocket>, ctx: &Context, pkt: Packet, from: SocketAddr, info: PktInfo) {
     if pkt.op != OP_REQUEST {
         ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
@@ -355,7 +400,7 @@ pub fn handle(full: &Arc<Full>, sock: &Arc<SyncPktSocket>, ctx: &Context, pkt: P
     };
     let subnet = &full.cfg.subnets[idx];
     let out = match mt {
-        MessageType::Discover => discover(full, ctx, &pkt, from, &info, idx, subnet, server_ip).map(Answer::Now),
+        MessageType::Discover => discover(full, ctx, &pkt, from, &info, idx, subnet, server_ip),
         MessageType::Request => request(full, ctx, &pkt, from, &info, idx, subnet, server_ip),
         MessageType::Decline => {
             decline(full, ctx, &pkt, server_ip);
@@ -378,11 +423,51 @@ pub fn handle(full: &Arc<Full>, sock: &Arc<SyncPktSocket>, ctx: &Context, pkt: P
             let p = prepare(&pkt, out, from);
             transmit(sock, &ctx.stats, p, &info, server_ip);
         }
+        Some(Answer::AckThenMark(out, marker)) => {
+            let p = prepare(&pkt, out, from);
+            transmit(sock, &ctx.stats, p, &info, server_ip);
+            let (full2, ip) = (full.clone(), marker.ip);
+            let stored = marker.clone();
+            let span = tracing::Span::current();
+            full.writer.queue(
+                marker,
+                Box::new(move |r| {
+                    let _in_span = span.enter();
+                    match r {
+                        Ok(()) => full2.lock().stored(&stored),
+                        // The stored offer still holds the address for the client.
+                        Err(e) => warn!(%ip, "an acknowledged offer could not be marked bound in the store: {e}"),
+                    }
+                }),
+            );
+        }
+        Some(Answer::DurableOffer(o)) => {
+            let ip = o.out.yiaddr;
+            let p = prepare(&pkt, o.out, from);
+            let (full2, sock, stats, record) = (full.clone(), sock.clone(), ctx.stats.clone(), o.record.clone());
+            let span = tracing::Span::current();
+            full.writer.queue(
+                o.record,
+                Box::new(move |stored| {
+                    let _in_span = span.enter();
+                    if let Err(e) = stored {
+                        // Never stored, so nothing to end in the store.
+                        full2.lock().cancel_offer(&record.client, unix_now());
+                        stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                        error!(%ip, "not offering: the lease could not be stored: {e}");
+                        return;
+                    }
+                    full2.lock().stored(&record);
+                    transmit(&sock, &stats, p, &info, server_ip);
+                }),
+            );
+        }
         Some(Answer::Durable(a)) => {
             let ip = a.out.yiaddr;
             let p = prepare(&pkt, a.out, from);
             let (full2, sock, stats, clients) = (full.clone(), sock.clone(), ctx.stats.clone(), ctx.clients.clone());
             let (undo, lease_time, filename, mac) = (a.undo, a.lease_time, a.filename, a.record.mac.clone());
+            let record = a.record.clone();
             let span = tracing::Span::current();
             full.writer.queue(
                 a.record,
@@ -394,6 +479,7 @@ pub fn handle(full: &Arc<Full>, sock: &Arc<SyncPktSocket>, ctx: &Context, pkt: P
                         error!(%ip, "not acknowledging: the lease could not be stored: {e}");
                         return;
                     }
+                    full2.lock().stored(&record);
                     clients.record(IpAddr::V4(ip), mac);
                     stats.acks.fetch_add(1, Ordering::Relaxed);
                     info!(phase = "request", address = %ip, lease = lease_time, %filename, "decision: ack");
@@ -438,21 +524,22 @@ fn discover(
     idx: usize,
     subnet: &Subnet,
     server_ip: Ipv4Addr,
-) -> Option<Outgoing> {
+) -> Option<Answer> {
     let d = decide(ctx, pkt, Phase::Discover, from, info, server_ip)?;
     let client = client_key(pkt);
     let mac = HwAddr(pkt.mac().to_vec());
-    let offered = full.lock().offer(
-        idx,
-        subnet,
-        &client,
-        &mac,
-        pkt.hostname(),
-        opt_ip(pkt, opt::REQUESTED_IP),
-        pinned(&d),
-        unix_now(),
-        full.cfg.offer_time,
-    );
+    let times = lease_times(subnet, &d);
+    let now = unix_now();
+    let (offered, record) = {
+        let mut t = full.lock();
+        let offered =
+            t.offer(idx, subnet, &client, &mac, pkt.hostname(), opt_ip(pkt, opt::REQUESTED_IP), pinned(&d), now, full.cfg.offer_time);
+        // Stored bound for the lease time plus the offer's hold, so the REQUEST may come as late
+        // as the hold allows and still find its whole lease stored.
+        let until = now + u64::from(times.0) + u64::from(full.cfg.offer_time);
+        let record = offered.as_ref().ok().and_then(|ip| t.offer_record(*ip, &client, until));
+        (offered, record)
+    };
     let ip = match offered {
         Ok(ip) => ip,
         Err(AllocError::Exhausted) => {
@@ -464,13 +551,17 @@ fn discover(
             return None;
         }
     };
-    let (reply, warnings) = build(pkt, MessageType::Offer, Phase::Discover, subnet, server_ip, ip, Some(lease_times(subnet, &d)), &d);
+    let (reply, warnings) = build(pkt, MessageType::Offer, Phase::Discover, subnet, server_ip, ip, Some(times), &d);
     for w in warnings {
         warn!("{w}");
     }
     ctx.stats.offers.fetch_add(1, Ordering::Relaxed);
     info!(phase = "discover", address = %ip, filename = %d.filename.as_deref().unwrap_or(""), "decision: offer");
-    Some(Outgoing { reply, mt: MessageType::Offer, yiaddr: ip })
+    let out = Outgoing { reply, mt: MessageType::Offer, yiaddr: ip };
+    Some(match record {
+        Some(record) => Answer::DurableOffer(DurableOffer { out, record }),
+        None => Answer::Now(out),
+    })
 }
 
 fn nak(ctx: &Context, pkt: &Packet, server_ip: Ipv4Addr, why: &str) -> Option<Outgoing> {
@@ -502,8 +593,18 @@ fn request(
     let requested = match state {
         ClientState::Selecting { server, requested } => {
             if !ours(server) {
-                // The client took another server's offer: ours is withdrawn (RFC 2131 §4.3.2).
-                full.lock().cancel_offer(&client);
+                // The client took another server's offer: ours is withdrawn (RFC 2131 §4.3.2),
+                // and ended in the store if it was stored (no hurry: nobody waits for it).
+                if let Some(record) = full.lock().cancel_offer(&client, unix_now()) {
+                    full.writer.queue(
+                        record,
+                        Box::new(|stored| {
+                            if let Err(e) = stored {
+                                warn!("a withdrawn offer could not be marked released in the store: {e}");
+                            }
+                        }),
+                    );
+                }
                 ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
                 debug!(%server, "the client chose another server");
                 return None;
@@ -569,16 +670,30 @@ fn ack(
     let times = lease_times(subnet, &d);
     let mac = HwAddr(pkt.mac().to_vec());
     let bound = full.lock().bind(ip, client, &mac, pkt.hostname(), times.0, unix_now());
-    let Ok((record, undo)) = bound else {
+    let Ok((binding, undo)) = bound else {
         return nak(ctx, pkt, server_ip, &format!("{ip} belongs to another client")).map(Answer::Now);
     };
     let (reply, warnings) = build(pkt, MessageType::Ack, Phase::Request, subnet, server_ip, ip, Some(times), &d);
     for w in warnings {
         warn!("{w}");
     }
+    let out = Outgoing { reply, mt: MessageType::Ack, yiaddr: ip };
+    let record = match binding {
+        Binding::Write(record) => record,
+        Binding::Stored(marker) => {
+            // The store holds this lease already (its offer was stored): the ACK leaves now.
+            ctx.clients.record(IpAddr::V4(ip), mac);
+            ctx.stats.acks.fetch_add(1, Ordering::Relaxed);
+            info!(phase = "request", address = %ip, lease = times.0, filename = %d.filename.as_deref().unwrap_or(""), "decision: ack");
+            return Some(match marker {
+                Some(m) => Answer::AckThenMark(out, m),
+                None => Answer::Now(out),
+            });
+        }
+    };
     // Durable before the ACK leaves: the lease writer sends it after the commit.
     Some(Answer::Durable(DurableAck {
-        out: Outgoing { reply, mt: MessageType::Ack, yiaddr: ip },
+        out,
         record,
         undo,
         lease_time: times.0,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::leases::LeaseState;
 use crate::policy::OptionValue;
 use crate::wire::dhcpv4::{parse, HEADER_LEN, MAGIC};
 
@@ -154,7 +155,7 @@ fn relayed(mt: u8, opts: &[u8]) -> Packet {
 }
 
 #[tokio::test]
-async fn a_lease_that_cannot_be_stored_gets_no_ack_and_its_binding_is_undone() {
+async fn a_lease_that_cannot_be_stored_gets_no_offer_or_ack_and_its_binding_is_undone() {
     use crate::leases::memory::MemoryLeases;
     use crate::net::{bind_udp, BindOptions};
     use crate::policy::FnPolicy;
@@ -183,32 +184,120 @@ async fn a_lease_that_cannot_be_stored_gets_no_ack_and_its_binding_is_undone() {
     let from = relay.local_addr().unwrap();
     let answer = |pkt: Packet| -> Option<Packet> {
         handle(&full, &sock, &ctx, pkt, from, info);
-        // What the worker does at the end of a batch: ACKs leave after this commit.
+        // What the worker does at the end of a batch: stored OFFERs and ACKs leave after this
+        // commit.
         full.writer().commit();
         let mut buf = [0u8; 1500];
         relay.recv(&mut buf).ok().map(|n| parse(&buf[..n]).unwrap())
     };
 
+    // The store fails while the offer is stored: no OFFER, the failure is counted, nothing held.
+    store.fail_next(true);
+    assert!(answer(relayed(1, &[])).is_none(), "an OFFER left without a stored lease");
+    assert_eq!(ctx.stats.store_errors.load(Ordering::Relaxed), 1);
+    assert!(store.rows().is_empty());
+
+    // It works again: the OFFER's lease is stored before the OFFER leaves.
+    store.fail_next(false);
     let offer = answer(relayed(1, &[])).expect("no OFFER");
     assert_eq!(offer.message_type(), Some(MessageType::Offer));
     let ip = offer.yiaddr;
+    assert_eq!(slot_state(&full, ip), Some(SlotState::Offered));
+    assert_eq!(store.rows().iter().map(|l| (l.ip, l.state)).collect::<Vec<_>>(), vec![(ip, LeaseState::Offered)]);
+
+    // A REQUEST that changes what is stored (a hostname now) needs its own write. The store
+    // fails: no ACK, the failure is counted, the address is not left bound.
     let mut opts = vec![54, 4, 127, 0, 0, 1, 50, 4];
     opts.extend_from_slice(&ip.octets());
-
-    // The store fails: no ACK, the failure is counted, the address is not left bound.
+    let mut named = opts.clone();
+    named.extend_from_slice(&[12, 2, b'p', b'c']);
     store.fail_next(true);
-    assert!(answer(relayed(3, &opts)).is_none(), "an ACK left without a stored lease");
-    assert_eq!(ctx.stats.store_errors.load(Ordering::Relaxed), 1);
+    assert!(answer(relayed(3, &named)).is_none(), "an ACK left without a stored lease");
+    assert_eq!(ctx.stats.store_errors.load(Ordering::Relaxed), 2);
     assert_eq!(ctx.stats.acks.load(Ordering::Relaxed), 0);
     assert_ne!(slot_state(&full, ip), Some(SlotState::Bound));
-    assert!(store.rows().is_empty());
+    assert_eq!(store.rows()[0].hostname, None);
 
     // The client retries once the store works again: acknowledged, and stored before that.
     store.fail_next(false);
-    let ack = answer(relayed(3, &opts)).expect("no ACK after the store recovered");
+    let ack = answer(relayed(3, &named)).expect("no ACK after the store recovered");
     assert_eq!(ack.message_type(), Some(MessageType::Ack));
     assert_eq!(ack.yiaddr, ip);
     assert_eq!(slot_state(&full, ip), Some(SlotState::Bound));
-    assert_eq!(store.rows().iter().map(|l| l.ip).collect::<Vec<_>>(), vec![ip]);
+    assert_eq!(store.rows().iter().map(|l| (l.ip, l.hostname.as_deref())).collect::<Vec<_>>(), vec![(ip, Some("pc"))]);
     assert_eq!(ctx.stats.acks.load(Ordering::Relaxed), 1);
+}
+
+/// Option 51 of a reply, in seconds.
+fn lease_secs(p: &Packet) -> u64 {
+    u64::from(u32::from_be_bytes(p.option(51).expect("no lease time").try_into().unwrap()))
+}
+
+#[tokio::test]
+async fn a_stored_offer_is_acked_at_once_even_while_the_store_fails() {
+    use crate::leases::memory::MemoryLeases;
+    use crate::net::{bind_udp, BindOptions};
+    use crate::policy::FnPolicy;
+
+    let store = MemoryLeases::default();
+    let cfg = FullDhcp { subnets: vec![subnet([10, 9, 9])], decline_time: 600, offer_time: 30 };
+    let full = Arc::new(Full::open(cfg, Box::new(store.clone())).unwrap());
+    let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let sock = Arc::new(bind_udp(lo(0), &BindOptions::default()).unwrap().into_sync().unwrap());
+    let relay = std::net::UdpSocket::bind(lo(0)).unwrap();
+    relay.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let boot = |_: &BootRequest| Ok(Decision::Boot(BootDecision { filename: Some("x.efi".into()), ..Default::default() }));
+    let ctx = Context {
+        policy: Arc::new(FnPolicy(boot)),
+        fallback: Decision::Ignore,
+        slow_policy: Duration::from_secs(1),
+        server_ip: None,
+        clients: Default::default(),
+        stats: Arc::default(),
+        workers: 1,
+        batch: Duration::ZERO,
+        full: Some(full.clone()),
+    };
+    let info = PktInfo { dst: IpAddr::V4(Ipv4Addr::LOCALHOST), local: IpAddr::V4(Ipv4Addr::LOCALHOST), ifindex: 1 };
+    let from = relay.local_addr().unwrap();
+    let mut buf = [0u8; 1500];
+
+    handle(&full, &sock, &ctx, relayed(1, &[]), from, info);
+    assert!(relay.recv(&mut buf).is_err(), "the OFFER left before its lease was stored");
+    full.writer().commit();
+    let n = relay.recv(&mut buf).expect("no OFFER after the commit");
+    let offer = parse(&buf[..n]).unwrap();
+    let stored = store.rows();
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].expires >= lease_secs(&offer) + 30, "{stored:?}");
+
+    // The REQUEST for it: the ACK leaves without a commit, and a failing store cannot stop it,
+    // as nothing is written.
+    store.fail_next(true);
+    let mut opts = vec![54, 4, 127, 0, 0, 1, 50, 4];
+    opts.extend_from_slice(&offer.yiaddr.octets());
+    handle(&full, &sock, &ctx, relayed(3, &opts), from, info);
+    let n = relay.recv(&mut buf).expect("no ACK without a commit");
+    let ack = parse(&buf[..n]).unwrap();
+    assert_eq!((ack.message_type(), ack.yiaddr), (Some(MessageType::Ack), offer.yiaddr));
+    let granted = lease_secs(&ack);
+    assert!(crate::leases::unix_now() + granted <= stored[0].expires, "the ACK grants more than is stored");
+    assert_eq!(ctx.stats.store_errors.load(Ordering::Relaxed), 0);
+    assert_eq!(slot_state(&full, offer.yiaddr), Some(SlotState::Bound));
+
+    // After it, a record marking the offer bound is queued; nothing waits for it. While the
+    // store fails, the stored offer stays, and still holds the address for the client.
+    assert!(full.writer().has_queued(), "no record marks the acknowledged offer bound");
+    full.writer().commit();
+    assert_eq!(store.rows().iter().map(|l| l.state).collect::<Vec<_>>(), vec![LeaseState::Offered]);
+    // A retransmitted REQUEST once the store works: ACKed at once again, and marked bound
+    // after, ending when the stored offer did.
+    store.fail_next(false);
+    handle(&full, &sock, &ctx, relayed(3, &opts), from, info);
+    let n = relay.recv(&mut buf).expect("no ACK for the retransmitted REQUEST");
+    assert_eq!(parse(&buf[..n]).unwrap().message_type(), Some(MessageType::Ack));
+    full.writer().commit();
+    let rows = store.rows();
+    assert_eq!(rows.iter().map(|l| (l.state, l.expires)).collect::<Vec<_>>(), vec![(LeaseState::Bound, stored[0].expires)]);
+    assert!(!full.writer().has_queued());
 }
