@@ -49,6 +49,11 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// The store's record for this slot's client at `ip`.
+    fn record(&self, ip: Ipv4Addr, state: LeaseState, expires: u64) -> Lease {
+        Lease { ip, client: self.client.clone(), mac: self.mac.clone(), hostname: self.hostname.clone(), state, expires }
+    }
+
     /// Whether the address is unavailable to other clients at `now`.
     pub fn busy(&self, now: u64) -> bool {
         self.state != SlotState::Released && self.until > now
@@ -310,14 +315,7 @@ impl LeaseTable {
             SlotState::Offered | SlotState::Bound => LeaseState::Offered,
             _ => return None,
         };
-        Some(Lease {
-            ip,
-            client: client.to_vec(),
-            mac: s.mac.clone(),
-            hostname: s.hostname.clone(),
-            state,
-            expires: until.max(s.stored_until),
-        })
+        Some(s.record(ip, state, until.max(s.stored_until)))
     }
 
     /// Notes that the store now holds `record` (an offered or bound lease), if its address
@@ -415,14 +413,7 @@ impl LeaseTable {
     pub fn cancel_offer(&mut self, client: &[u8], now: u64) -> Option<Lease> {
         let ip = self.address_of(client)?;
         let s = self.by_ip.get(&ip).filter(|s| s.state == SlotState::Offered && s.client == client)?;
-        let record = (s.stored_until > 0).then(|| Lease {
-            ip,
-            client: client.to_vec(),
-            mac: s.mac.clone(),
-            hostname: s.hostname.clone(),
-            state: LeaseState::Released,
-            expires: now,
-        });
+        let record = (s.stored_until > 0).then(|| s.record(ip, LeaseState::Released, now));
         self.by_ip.remove(&ip);
         self.by_client.remove(client);
         record
@@ -434,14 +425,7 @@ impl LeaseTable {
     pub fn withdraw_stored_offers(&mut self, now: u64) -> Vec<Lease> {
         let mut out = Vec::new();
         for (ip, s) in self.by_ip.iter_mut().filter(|(_, s)| s.state == SlotState::Offered && s.stored_offer) {
-            out.push(Lease {
-                ip: *ip,
-                client: s.client.clone(),
-                mac: s.mac.clone(),
-                hostname: s.hostname.clone(),
-                state: LeaseState::Released,
-                expires: now,
-            });
+            out.push(s.record(*ip, LeaseState::Released, now));
             s.state = SlotState::Released;
             s.until = now;
             s.stored_until = 0;
@@ -457,14 +441,7 @@ impl LeaseTable {
         s.until = now;
         s.stored_until = 0;
         s.stored_offer = false;
-        Some(Lease {
-            ip,
-            client: client.to_vec(),
-            mac: s.mac.clone(),
-            hostname: s.hostname.clone(),
-            state: LeaseState::Released,
-            expires: now,
-        })
+        Some(s.record(ip, LeaseState::Released, now))
     }
 
     /// DHCPDECLINE: `client` found `ip` in use. Quarantines it for `secs` if it was offered or

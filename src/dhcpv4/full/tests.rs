@@ -154,34 +154,52 @@ fn relayed(mt: u8, opts: &[u8]) -> Packet {
     req(mt, Z, [10, 9, 9, 1], 0, opts)
 }
 
+/// A full-mode server on a memory store, answering requests relayed from `relay` (giaddr
+/// 10.9.9.1): replies to a relayed request go back to where it came from. Every client boots
+/// `x.efi`; the worker's batches are left to the test (`full.writer().commit()`).
+struct Rig {
+    store: crate::leases::memory::MemoryLeases,
+    full: Arc<Full>,
+    sock: Arc<crate::net::SyncPktSocket>,
+    relay: std::net::UdpSocket,
+    ctx: Context,
+    info: PktInfo,
+    from: SocketAddr,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        use crate::net::{bind_udp, BindOptions};
+        use crate::policy::FnPolicy;
+
+        let store = crate::leases::memory::MemoryLeases::default();
+        let cfg = FullDhcp { subnets: vec![subnet([10, 9, 9])], decline_time: 600, offer_time: 30 };
+        let full = Arc::new(Full::open(cfg, Box::new(store.clone())).unwrap());
+        let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let sock = Arc::new(bind_udp(lo(0), &BindOptions::default()).unwrap().into_sync().unwrap());
+        let relay = std::net::UdpSocket::bind(lo(0)).unwrap();
+        relay.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let boot = |_: &BootRequest| Ok(Decision::Boot(BootDecision { filename: Some("x.efi".into()), ..Default::default() }));
+        let ctx = Context {
+            policy: Arc::new(FnPolicy(boot)),
+            fallback: Decision::Ignore,
+            slow_policy: Duration::from_secs(1),
+            server_ip: None,
+            clients: Default::default(),
+            stats: Arc::default(),
+            workers: 1,
+            batch: Duration::ZERO,
+            full: Some(full.clone()),
+        };
+        let info = PktInfo { dst: IpAddr::V4(Ipv4Addr::LOCALHOST), local: IpAddr::V4(Ipv4Addr::LOCALHOST), ifindex: 1 };
+        let from = relay.local_addr().unwrap();
+        Rig { store, full, sock, relay, ctx, info, from }
+    }
+}
+
 #[tokio::test]
 async fn a_lease_that_cannot_be_stored_gets_no_offer_or_ack_and_its_binding_is_undone() {
-    use crate::leases::memory::MemoryLeases;
-    use crate::net::{bind_udp, BindOptions};
-    use crate::policy::FnPolicy;
-
-    let store = MemoryLeases::default();
-    let cfg = FullDhcp { subnets: vec![subnet([10, 9, 9])], decline_time: 600, offer_time: 30 };
-    let full = Arc::new(Full::open(cfg, Box::new(store.clone())).unwrap());
-    let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let sock = Arc::new(bind_udp(lo(0), &BindOptions::default()).unwrap().into_sync().unwrap());
-    // The relay: replies to a relayed request go back to where it came from.
-    let relay = std::net::UdpSocket::bind(lo(0)).unwrap();
-    relay.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let boot = |_: &BootRequest| Ok(Decision::Boot(BootDecision { filename: Some("x.efi".into()), ..Default::default() }));
-    let ctx = Context {
-        policy: Arc::new(FnPolicy(boot)),
-        fallback: Decision::Ignore,
-        slow_policy: Duration::from_secs(1),
-        server_ip: None,
-        clients: Default::default(),
-        stats: Arc::default(),
-        workers: 1,
-        batch: Duration::ZERO,
-        full: Some(full.clone()),
-    };
-    let info = PktInfo { dst: IpAddr::V4(Ipv4Addr::LOCALHOST), local: IpAddr::V4(Ipv4Addr::LOCALHOST), ifindex: 1 };
-    let from = relay.local_addr().unwrap();
+    let Rig { store, full, sock, relay, ctx, info, from } = Rig::new();
     let answer = |pkt: Packet| -> Option<Packet> {
         handle(&full, &sock, &ctx, pkt, from, info);
         // What the worker does at the end of a batch: stored OFFERs and ACKs leave after this
@@ -235,31 +253,7 @@ fn lease_secs(p: &Packet) -> u64 {
 
 #[tokio::test]
 async fn a_stored_offer_is_acked_at_once_even_while_the_store_fails() {
-    use crate::leases::memory::MemoryLeases;
-    use crate::net::{bind_udp, BindOptions};
-    use crate::policy::FnPolicy;
-
-    let store = MemoryLeases::default();
-    let cfg = FullDhcp { subnets: vec![subnet([10, 9, 9])], decline_time: 600, offer_time: 30 };
-    let full = Arc::new(Full::open(cfg, Box::new(store.clone())).unwrap());
-    let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let sock = Arc::new(bind_udp(lo(0), &BindOptions::default()).unwrap().into_sync().unwrap());
-    let relay = std::net::UdpSocket::bind(lo(0)).unwrap();
-    relay.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let boot = |_: &BootRequest| Ok(Decision::Boot(BootDecision { filename: Some("x.efi".into()), ..Default::default() }));
-    let ctx = Context {
-        policy: Arc::new(FnPolicy(boot)),
-        fallback: Decision::Ignore,
-        slow_policy: Duration::from_secs(1),
-        server_ip: None,
-        clients: Default::default(),
-        stats: Arc::default(),
-        workers: 1,
-        batch: Duration::ZERO,
-        full: Some(full.clone()),
-    };
-    let info = PktInfo { dst: IpAddr::V4(Ipv4Addr::LOCALHOST), local: IpAddr::V4(Ipv4Addr::LOCALHOST), ifindex: 1 };
-    let from = relay.local_addr().unwrap();
+    let Rig { store, full, sock, relay, ctx, info, from } = Rig::new();
     let mut buf = [0u8; 1500];
 
     handle(&full, &sock, &ctx, relayed(1, &[]), from, info);
