@@ -509,6 +509,61 @@ async fn a_request_for_a_stored_offer_is_answered_before_the_next_batch() {
 }
 
 #[tokio::test]
+async fn requests_are_answered_as_they_arrive_while_discovers_keep_coming() {
+    // Batches every 50 ms, two clients per batch: A's DISCOVER arrives while the worker waits
+    // for the previous REQUESTs (so it is taken there), B's while it sleeps before the next
+    // batch (taken in it). That batch sends both OFFERs, and must wait for both REQUESTs.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = full_config(tmp.path());
+    cfg.dhcp_batch = Duration::from_millis(50);
+    let srv = start(cfg, policy()).await;
+    let pair = |r: u8| [Client::new(0xa0 + 2 * r), Client::new(0xa1 + 2 * r)];
+    let rounds = 7u8;
+    let mut sockets = Vec::new();
+    for _ in 0..2 * (rounds + 1) {
+        sockets.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let mut buf = vec![0u8; 4096];
+    let first = pair(0);
+    for (c, s) in first.iter().zip(&sockets) {
+        s.send_to(&c.relayed(1, &[]), srv.dhcp).await.unwrap();
+    }
+    let mut slowest = Vec::new();
+    for r in 0..rounds {
+        let (ab, next) = (pair(r), pair(r + 1));
+        let (mine, theirs) = sockets[2 * usize::from(r)..].split_at(2);
+        let mut requests = Vec::new();
+        for (c, s) in ab.iter().zip(mine) {
+            let (len, _) = tokio::time::timeout(WAIT, s.recv_from(&mut buf)).await.expect("no OFFER").unwrap();
+            let offer = dhcpv4::parse(&buf[..len]).unwrap();
+            assert_eq!(offer.message_type(), Some(MessageType::Offer));
+            let mut o = vec![50, 4];
+            o.extend_from_slice(&offer.yiaddr.octets());
+            o.extend_from_slice(&[54, 4]);
+            o.extend_from_slice(offer.option(opt::SERVER_ID).unwrap());
+            requests.push(c.relayed(3, &o));
+        }
+        // The next A first, then both REQUESTs.
+        theirs[0].send_to(&next[0].relayed(1, &[]), srv.dhcp).await.unwrap();
+        let sent = std::time::Instant::now();
+        for (req, s) in requests.iter().zip(mine) {
+            s.send_to(req, srv.dhcp).await.unwrap();
+        }
+        for s in mine {
+            let (len, _) = tokio::time::timeout(WAIT, s.recv_from(&mut buf)).await.expect("no ACK").unwrap();
+            assert_eq!(dhcpv4::parse(&buf[..len]).unwrap().message_type(), Some(MessageType::Ack));
+        }
+        slowest.push(sent.elapsed());
+        // The next B while the worker sleeps before its next batch.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        theirs[1].send_to(&next[1].relayed(1, &[]), srv.dhcp).await.unwrap();
+    }
+    slowest.sort();
+    assert!(slowest[3] < Duration::from_millis(20), "REQUESTs waited for the next batch: {slowest:?}");
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn a_renewal_past_the_stored_lease_is_stored_first() {
     // A lease time of 10 s (the least allowed) and an offer hold of 1 s: the offer is stored
     // until 11 s from its second; a renewal 2.5 s later ends beyond that, so it is written
