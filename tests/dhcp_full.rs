@@ -117,12 +117,17 @@ impl Client {
         exchange(srv, &self.relayed(1, &[]), WAIT).await
     }
 
-    async fn select(&self, srv: SocketAddr, offer: &Packet) -> Option<Packet> {
+    /// The relayed REQUEST (SELECTING) that takes up `offer`.
+    fn request_for(&self, offer: &Packet) -> Vec<u8> {
         let mut o = vec![50, 4];
         o.extend_from_slice(&offer.yiaddr.octets());
         o.extend_from_slice(&[54, 4]);
         o.extend_from_slice(offer.option(opt::SERVER_ID).unwrap());
-        exchange(srv, &self.relayed(3, &o), WAIT).await
+        self.relayed(3, &o)
+    }
+
+    async fn select(&self, srv: SocketAddr, offer: &Packet) -> Option<Packet> {
+        exchange(srv, &self.request_for(offer), WAIT).await
     }
 
     async fn dora(&self, srv: SocketAddr) -> Ipv4Addr {
@@ -144,6 +149,15 @@ async fn from_addr(from: Ipv4Addr, to: SocketAddr, payload: &[u8], wait: Duratio
         Ok(Ok((n, _))) => Some(dhcpv4::parse(&buf[..n]).unwrap()),
         _ => None,
     }
+}
+
+/// The next reply on `s`, which must be a `mt`.
+async fn reply(s: &UdpSocket, mt: MessageType) -> Packet {
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(WAIT, s.recv_from(&mut buf)).await.unwrap_or_else(|_| panic!("no {mt:?}")).unwrap();
+    let p = dhcpv4::parse(&buf[..n]).unwrap();
+    assert_eq!(p.message_type(), Some(mt));
+    p
 }
 
 fn stored(dir: &Path) -> Vec<pixie::leases::Lease> {
@@ -432,15 +446,7 @@ async fn a_burst_of_discovers_is_stored_in_batches_and_the_requests_need_no_writ
     }
     let mut requests = Vec::new();
     for (c, s) in clients.iter().zip(&sockets) {
-        let mut buf = vec![0u8; 4096];
-        let (n, _) = tokio::time::timeout(WAIT, s.recv_from(&mut buf)).await.expect("no OFFER").unwrap();
-        let offer = dhcpv4::parse(&buf[..n]).unwrap();
-        assert_eq!(offer.message_type(), Some(MessageType::Offer));
-        let mut o = vec![50, 4];
-        o.extend_from_slice(&offer.yiaddr.octets());
-        o.extend_from_slice(&[54, 4]);
-        o.extend_from_slice(offer.option(opt::SERVER_ID).unwrap());
-        requests.push(c.relayed(3, &o));
+        requests.push(c.request_for(&reply(s, MessageType::Offer).await));
     }
     let commits = writer.stats.commits.load(Ordering::Relaxed) - commits_before;
     assert!((1..20).contains(&commits), "{commits} durable writes for 40 OFFERs sent at once: no batching");
@@ -452,10 +458,7 @@ async fn a_burst_of_discovers_is_stored_in_batches_and_the_requests_need_no_writ
     }
     let mut acked = Vec::new();
     for s in &sockets {
-        let mut buf = vec![0u8; 4096];
-        let (n, _) = tokio::time::timeout(WAIT, s.recv_from(&mut buf)).await.expect("no ACK").unwrap();
-        let ack = dhcpv4::parse(&buf[..n]).unwrap();
-        assert_eq!(ack.message_type(), Some(MessageType::Ack));
+        let ack = reply(s, MessageType::Ack).await;
         acked.push((ack.yiaddr, u32_opt(&ack, 51)));
     }
     // Every ACKed lease is on disk for at least as long as ACKed (the journal, read as
@@ -485,19 +488,12 @@ async fn a_request_for_a_stored_offer_is_answered_before_the_next_batch() {
     for n in 0..9u8 {
         let c = Client::new(0x90 + n);
         let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let mut buf = vec![0u8; 4096];
         s.send_to(&c.relayed(1, &[]), srv.dhcp).await.unwrap();
-        let (len, _) = tokio::time::timeout(WAIT, s.recv_from(&mut buf)).await.expect("no OFFER").unwrap();
-        let offer = dhcpv4::parse(&buf[..len]).unwrap();
-        let mut o = vec![50, 4];
-        o.extend_from_slice(&offer.yiaddr.octets());
-        o.extend_from_slice(&[54, 4]);
-        o.extend_from_slice(offer.option(opt::SERVER_ID).unwrap());
+        let request = c.request_for(&reply(&s, MessageType::Offer).await);
         let sent = std::time::Instant::now();
-        s.send_to(&c.relayed(3, &o), srv.dhcp).await.unwrap();
-        let (len, _) = tokio::time::timeout(WAIT, s.recv_from(&mut buf)).await.expect("no ACK").unwrap();
+        s.send_to(&request, srv.dhcp).await.unwrap();
+        reply(&s, MessageType::Ack).await;
         waits.push(sent.elapsed());
-        assert_eq!(dhcpv4::parse(&buf[..len]).unwrap().message_type(), Some(MessageType::Ack));
         // Let the batch end (and the marker be written) before the next client.
         tokio::time::sleep(Duration::from_millis(120)).await;
     }
@@ -523,7 +519,6 @@ async fn requests_are_answered_as_they_arrive_while_discovers_keep_coming() {
     for _ in 0..2 * (rounds + 1) {
         sockets.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     }
-    let mut buf = vec![0u8; 4096];
     let first = pair(0);
     for (c, s) in first.iter().zip(&sockets) {
         s.send_to(&c.relayed(1, &[]), srv.dhcp).await.unwrap();
@@ -534,14 +529,7 @@ async fn requests_are_answered_as_they_arrive_while_discovers_keep_coming() {
         let (mine, theirs) = sockets[2 * usize::from(r)..].split_at(2);
         let mut requests = Vec::new();
         for (c, s) in ab.iter().zip(mine) {
-            let (len, _) = tokio::time::timeout(WAIT, s.recv_from(&mut buf)).await.expect("no OFFER").unwrap();
-            let offer = dhcpv4::parse(&buf[..len]).unwrap();
-            assert_eq!(offer.message_type(), Some(MessageType::Offer));
-            let mut o = vec![50, 4];
-            o.extend_from_slice(&offer.yiaddr.octets());
-            o.extend_from_slice(&[54, 4]);
-            o.extend_from_slice(offer.option(opt::SERVER_ID).unwrap());
-            requests.push(c.relayed(3, &o));
+            requests.push(c.request_for(&reply(s, MessageType::Offer).await));
         }
         // The next A first, then both REQUESTs.
         theirs[0].send_to(&next[0].relayed(1, &[]), srv.dhcp).await.unwrap();
@@ -550,8 +538,7 @@ async fn requests_are_answered_as_they_arrive_while_discovers_keep_coming() {
             s.send_to(req, srv.dhcp).await.unwrap();
         }
         for s in mine {
-            let (len, _) = tokio::time::timeout(WAIT, s.recv_from(&mut buf)).await.expect("no ACK").unwrap();
-            assert_eq!(dhcpv4::parse(&buf[..len]).unwrap().message_type(), Some(MessageType::Ack));
+            reply(s, MessageType::Ack).await;
         }
         slowest.push(sent.elapsed());
         // The next B while the worker sleeps before its next batch.
