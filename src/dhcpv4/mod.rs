@@ -407,20 +407,7 @@ fn drive(me: usize, sock: &Arc<SyncPktSocket>, listener: Listener, ctx: &Context
         }
         let started = Instant::now();
         baton.begin_batch();
-        let mut taken = 0;
-        // Stops early if a slow request made this worker hand the socket over: the rest is
-        // for the worker that took it.
-        while taken < MAX_BATCH && baton.holds(me) {
-            match take_one(sock, listener, ctx, buf) {
-                Took::One => taken += 1,
-                Took::Nothing => break,
-                Took::Failed => {
-                    // Not a busy loop on a socket that keeps failing.
-                    std::thread::sleep(Duration::from_millis(10));
-                    break;
-                }
-            }
-        }
+        let taken = take_waiting(me, sock, listener, ctx, baton, buf);
         // The ACKs of this batch leave once their leases are durable: one write for them all.
         let offers = ctx.stats.offers.load(Ordering::Relaxed);
         if let Some(full) = &ctx.full {
@@ -475,18 +462,31 @@ fn expect_requests(
             Ok(false) | Err(_) => return,
         }
         baton.begin_batch();
-        let mut taken = 0;
-        while taken < MAX_BATCH && baton.holds(me) {
-            match take_one(sock, listener, ctx, buf) {
-                Took::One => taken += 1,
-                Took::Nothing | Took::Failed => break,
-            }
-        }
+        let taken = take_waiting(me, sock, listener, ctx, baton, buf);
         baton.end_batch(me);
         if taken == 0 {
             return;
         }
     }
+}
+
+/// Takes and handles the requests waiting, at most [`MAX_BATCH`]; returns how many. Stops
+/// early if a slow request made this worker hand the socket over: the rest is for the worker
+/// that took it.
+fn take_waiting(me: usize, sock: &Arc<SyncPktSocket>, listener: Listener, ctx: &Context, baton: &Baton, buf: &mut [u8]) -> usize {
+    let mut taken = 0;
+    while taken < MAX_BATCH && baton.holds(me) {
+        match take_one(sock, listener, ctx, buf) {
+            Took::One => taken += 1,
+            Took::Nothing => break,
+            Took::Failed => {
+                // Not a busy loop on a socket that keeps failing.
+                std::thread::sleep(Duration::from_millis(10));
+                break;
+            }
+        }
+    }
+    taken
 }
 
 /// What [`take_one`] found.

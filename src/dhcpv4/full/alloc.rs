@@ -240,6 +240,9 @@ impl LeaseTable {
             }
         }
         let keep_bound = self.by_ip.get(&ip).filter(|s| s.client == client && s.state == SlotState::Bound && s.until > now);
+        // What the store holds for this client at `ip` carries over to the fresh offer.
+        let (stored_until, stored_offer) =
+            self.by_ip.get(&ip).filter(|s| s.client == client).map_or((0, false), |s| (s.stored_until, s.stored_offer));
         let slot = match keep_bound {
             // A bound client asking again keeps its lease as it is; the REQUEST extends it.
             Some(s) => s.clone(),
@@ -249,8 +252,8 @@ impl LeaseTable {
                 hostname,
                 state: SlotState::Offered,
                 until: now + u64::from(offer_time),
-                stored_until: self.stored_for(ip, client),
-                stored_offer: self.by_ip.get(&ip).is_some_and(|s| s.client == client && s.stored_offer),
+                stored_until,
+                stored_offer,
             },
         };
         self.set_slot(ip, slot, !holds_other);
@@ -290,11 +293,6 @@ impl LeaseTable {
         }
         self.exhausted_until.insert(idx, now + 1);
         Err(AllocError::Exhausted)
-    }
-
-    /// Until when the store holds `ip` bound to `client` (0: it does not).
-    fn stored_for(&self, ip: Ipv4Addr, client: &[u8]) -> u64 {
-        self.by_ip.get(&ip).filter(|s| s.client == client).map_or(0, |s| s.stored_until)
     }
 
     /// The record that makes the offer of `ip` to `client` (just made by [`LeaseTable::offer`])
@@ -360,33 +358,16 @@ impl LeaseTable {
                 undo.slots.push((prev, self.by_ip.remove(&prev)));
             }
         }
-        if stored_until > 0 {
+        let slot = Slot { client: client.to_vec(), mac: mac.clone(), hostname, state: SlotState::Bound, until, stored_until, stored_offer };
+        let binding = if stored_until > 0 {
             // The store already says so; nothing else changes there either, as the client held
             // no other address when its offer was stored.
-            let marker = stored_offer.then(|| Lease {
-                ip,
-                client: client.to_vec(),
-                mac: mac.clone(),
-                hostname: hostname.clone(),
-                state: LeaseState::Bound,
-                expires: stored_until,
-            });
-            let slot = Slot { client: client.to_vec(), mac: mac.clone(), hostname, state: SlotState::Bound, until, stored_until, stored_offer };
-            self.set(ip, slot);
-            return Ok((Binding::Stored(marker), undo));
-        }
-        let slot = Slot {
-            client: client.to_vec(),
-            mac: mac.clone(),
-            hostname: hostname.clone(),
-            state: SlotState::Bound,
-            until,
-            stored_until: 0,
-            stored_offer: false,
+            Binding::Stored(stored_offer.then(|| slot.record(ip, LeaseState::Bound, stored_until)))
+        } else {
+            Binding::Write(slot.record(ip, LeaseState::Bound, until))
         };
         self.set(ip, slot);
-        let record = Lease { ip, client: client.to_vec(), mac: mac.clone(), hostname, state: LeaseState::Bound, expires: until };
-        Ok((Binding::Write(record), undo))
+        Ok((binding, undo))
     }
 
     /// Restores what [`LeaseTable::bind`] changed.

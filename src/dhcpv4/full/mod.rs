@@ -95,20 +95,28 @@ impl Full {
         let records = self.lock().withdraw_stored_offers(unix_now());
         let n = records.len();
         for r in records {
-            let ip = r.ip;
-            self.writer.queue(
-                r,
-                Box::new(move |r| {
-                    if let Err(e) = r {
-                        warn!(%ip, "an offer nobody requested could not be marked released: {e}");
-                    }
-                }),
-            );
+            self.store_unawaited(r, "an offer nobody requested could not be marked released", || {});
         }
         self.writer.commit();
         if n > 0 {
             info!("released {n} stored offer(s) that no REQUEST took up");
         }
+    }
+
+    /// Queues `record` for the next commit, which nothing waits for; `then` runs once it is
+    /// stored, and a failure is logged as `what`.
+    fn store_unawaited(&self, record: Lease, what: &'static str, then: impl FnOnce() + Send + 'static) {
+        let (ip, span) = (record.ip, tracing::Span::current());
+        self.writer.queue(
+            record,
+            Box::new(move |r| {
+                let _in_span = span.enter();
+                match r {
+                    Ok(()) => then(),
+                    Err(e) => warn!(%ip, "{what}: {e}"),
+                }
+            }),
+        );
     }
 
     /// Number of addresses with a record in memory.
@@ -426,20 +434,11 @@ pub fn handle(full: &Arc<Full>, sock: &Arc<SyncPktSocket>, ctx: &Context, pkt: P
         Some(Answer::AckThenMark(out, marker)) => {
             let p = prepare(&pkt, out, from);
             transmit(sock, &ctx.stats, p, &info, server_ip);
-            let (full2, ip) = (full.clone(), marker.ip);
-            let stored = marker.clone();
-            let span = tracing::Span::current();
-            full.writer.queue(
-                marker,
-                Box::new(move |r| {
-                    let _in_span = span.enter();
-                    match r {
-                        Ok(()) => full2.lock().stored(&stored),
-                        // The stored offer still holds the address for the client.
-                        Err(e) => warn!(%ip, "an acknowledged offer could not be marked bound in the store: {e}"),
-                    }
-                }),
-            );
+            let (full2, stored) = (full.clone(), marker.clone());
+            // On failure the stored offer still holds the address for the client.
+            full.store_unawaited(marker, "an acknowledged offer could not be marked bound in the store", move || {
+                full2.lock().stored(&stored)
+            });
         }
         Some(Answer::DurableOffer(o)) => {
             let ip = o.out.yiaddr;
@@ -596,14 +595,7 @@ fn request(
                 // The client took another server's offer: ours is withdrawn (RFC 2131 §4.3.2),
                 // and ended in the store if it was stored (no hurry: nobody waits for it).
                 if let Some(record) = full.lock().cancel_offer(&client, unix_now()) {
-                    full.writer.queue(
-                        record,
-                        Box::new(|stored| {
-                            if let Err(e) = stored {
-                                warn!("a withdrawn offer could not be marked released in the store: {e}");
-                            }
-                        }),
-                    );
+                    full.store_unawaited(record, "a withdrawn offer could not be marked released in the store", || {});
                 }
                 ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
                 debug!(%server, "the client chose another server");
